@@ -1,0 +1,149 @@
+//! The appsink ends of the pipeline: GStreamer samples become [`Captured`] items.
+//!
+//! Runs on GStreamer's streaming threads (one per stream). Each callback converts one sample
+//! and hands it to the consumer through the shared bounded channel, by the [`Mode`]'s policy:
+//! `File` waits for room (nothing is lost; the decoder simply pauses), `Live` never waits
+//! (a full channel drops the newest item and counts it). Timestamps become running time
+//! ([`Pts`]) here, so the consumer sees a clock that starts at 0 even if the file's does not.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+
+use super::{Captured, Mode, StreamKind};
+use crate::pts::Pts;
+use crate::segmenter::{Frame, SAMPLE_RATE_HZ};
+
+/// Counters shared by the streaming threads and [`super::Capture::stats`].
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub audio_chunks: AtomicU64,
+    pub video_frames: AtomicU64,
+    pub dropped_audio_chunks: AtomicU64,
+    pub dropped_video_frames: AtomicU64,
+}
+
+/// Buffers handed back by the consumer, so that steady-state capture does not allocate.
+#[derive(Debug, Clone)]
+pub(super) struct Pools {
+    pub audio: Receiver<Vec<f32>>,
+    pub frames: Receiver<Vec<u8>>,
+}
+
+/// Everything a sink callback needs; cloned into each closure.
+#[derive(Debug, Clone)]
+pub(super) struct SinkCtx {
+    pub tx: Sender<Captured>,
+    pub mode: Mode,
+    pub counters: Arc<Counters>,
+    pub pools: Pools,
+}
+
+impl SinkCtx {
+    /// Hands `item` to the consumer by the mode's policy. An error stops the stream: the
+    /// consumer has gone away, so `Flushing` (which posts no error) is the honest answer.
+    fn deliver(&self, item: Captured) -> Result<gst::FlowSuccess, gst::FlowError> {
+        match self.mode {
+            Mode::File => self.tx.send(item).map_err(|_| gst::FlowError::Flushing)?,
+            Mode::Live => match self.tx.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    let counter = match item {
+                        Captured::Video(_) => &self.counters.dropped_video_frames,
+                        _ => &self.counters.dropped_audio_chunks,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(gst::FlowError::Flushing),
+            },
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// The end of one stream. Sent blocking in both modes: it happens once, and the
+    /// segmenter needs it to stop waiting for frames.
+    fn deliver_end(&self, kind: StreamKind) {
+        // A send error means the consumer is gone; there is nobody left to tell.
+        let _ = self.tx.send(Captured::StreamEnd(kind));
+    }
+}
+
+/// The running time of the sample's buffer, or `None` if it has no timestamp.
+fn running_time(sample: &gst::Sample, buffer: &gst::BufferRef) -> Option<u64> {
+    let pts = buffer.pts()?;
+    let running = match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>()) {
+        Some(segment) => segment.to_running_time(pts)?,
+        None => pts,
+    };
+    Some(running.nseconds())
+}
+
+/// Installs the callbacks that turn F32LE 16 kHz mono samples into [`Captured::Audio`].
+pub(super) fn install_audio(sink: &gst_app::AppSink, ctx: SinkCtx) {
+    let eos_ctx = ctx.clone();
+    // Where the next chunk starts if a buffer comes without a timestamp.
+    let mut next_ns: u64 = 0;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let pts_ns = running_time(&sample, buffer).unwrap_or(next_ns);
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let mut samples = ctx.pools.audio.try_recv().unwrap_or_default();
+                samples.clear();
+                samples.extend(map.as_slice().chunks_exact(4).map(|b| {
+                    f32::from_le_bytes(b.try_into().expect("chunks_exact yields 4 bytes"))
+                }));
+                next_ns = pts_ns
+                    + samples.len() as u64 * Pts::SECOND_NS / u64::from(SAMPLE_RATE_HZ);
+                ctx.counters.audio_chunks.fetch_add(1, Ordering::Relaxed);
+                ctx.deliver(Captured::Audio { pts: Pts(pts_ns), samples })
+            })
+            .eos(move |_| eos_ctx.deliver_end(StreamKind::Audio))
+            .build(),
+    );
+}
+
+/// Installs the callbacks that turn RGB samples into [`Captured::Video`].
+pub(super) fn install_video(sink: &gst_app::AppSink, ctx: SinkCtx) {
+    let eos_ctx = ctx.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let info =
+                    gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
+                // Reads the stride from the buffer's video meta if it has one.
+                let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+                    .map_err(|_| gst::FlowError::Error)?;
+                let plane = vframe.plane_data(0).map_err(|_| gst::FlowError::Error)?;
+                let stride = usize::try_from(vframe.plane_stride()[0])
+                    .map_err(|_| gst::FlowError::NotSupported)?;
+                let mut data = ctx.pools.frames.try_recv().unwrap_or_default();
+                data.clear();
+                data.extend_from_slice(plane);
+                let frame = Frame {
+                    pts: Pts(running_time(&sample, buffer).unwrap_or(0)),
+                    width_px: vframe.width(),
+                    height_px: vframe.height(),
+                    stride_bytes: stride,
+                    data,
+                };
+                ctx.counters.video_frames.fetch_add(1, Ordering::Relaxed);
+                ctx.deliver(Captured::Video(frame))
+            })
+            .eos(move |_| eos_ctx.deliver_end(StreamKind::Video))
+            .build(),
+    );
+}

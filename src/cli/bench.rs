@@ -1,0 +1,216 @@
+//! `tspm-edge bench`: per-segment cost of each stage, tract against onnxruntime in the same
+//! run.
+//!
+//! Single thread throughout (tract runs one thread; onnxruntime is given one intra-op
+//! thread). onnxruntime runs in `models/ort_bench.py` with the model build's venv, on the same
+//! ONNX files. Medians over `--runs` after a warm-up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::featurizer::{Featurizer, SegmentFeatures};
+use crate::model::{Manifest, Model};
+use crate::segmenter::Frame;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Timed runs per stage (after one warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Frame size for image preparation, WIDTHxHEIGHT.
+    #[arg(long, default_value = "640x480", value_parser = parse_size)]
+    pub frame: (u32, u32),
+    /// Python with onnxruntime (default: the model build's venv next to the model dir, or
+    /// $TSPM_VENV/bin/python).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Skip onnxruntime.
+    #[arg(long)]
+    pub no_ort: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))?;
+    let parse = |v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|&n| (16..=8192).contains(&n))
+            .ok_or_else(|| format!("{v:?}: expected a size from 16 to 8192 pixels"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+/// Median milliseconds of `f` over `runs` runs after one warm-up.
+fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Runs `bench` and prints the table.
+pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
+    let dir = &cfg.models.dir;
+    let manifest = Manifest::load(dir)?;
+    let mut featurizer = Featurizer::new(&cfg.models)?;
+    let mut features = SegmentFeatures::default();
+
+    // One second of a chord with noise: log-mel cost does not depend on the content.
+    let pcm: Vec<f32> = (0..16_000)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                + 0.2 * (2.0 * std::f32::consts::PI * 659.3 * t).sin()
+                + 0.05 * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        })
+        .collect();
+    let (w, h) = args.frame;
+    let stride = (w as usize * 3).next_multiple_of(4);
+    let frame = Frame {
+        pts: crate::pts::Pts(0),
+        width_px: w,
+        height_px: h,
+        stride_bytes: stride,
+        data: (0..stride * h as usize).map(|i| (i * 31 % 251) as u8).collect(),
+    };
+
+    eprintln!("bench: {} runs per stage, single thread", args.runs);
+    let logmel_ms = median_ms(args.runs, || featurizer.logmel(&pcm[..15_600]))?;
+    let prep_ms = median_ms(args.runs, || featurizer.prepare(&frame))?;
+
+    let mut tract_ms: BTreeMap<String, f64> = BTreeMap::new();
+    for entry in &manifest.models {
+        let mut model = Model::load(&manifest, entry, 1)
+            .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
+        let spec = &entry.inputs[0];
+        let shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .map(|d| match d {
+                crate::model::Dim::Fixed(n) => *n,
+                crate::model::Dim::Symbol(_) => 1,
+            })
+            .collect();
+        let input: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+            .collect();
+        let runs = if entry.precision == "int8" { args.runs.min(5) } else { args.runs };
+        let ms = median_ms(runs, || Ok(model.run(&[(&shape, &input)])?))?;
+        eprintln!("  tract {:<26} {ms:>9.2} ms", entry.id());
+        tract_ms.insert(entry.id(), ms);
+    }
+
+    let segment_ms = median_ms(args.runs, || {
+        featurizer.audio(&pcm, &mut features)?;
+        featurizer.frame(&frame, &mut features)
+    })?;
+
+    let ort_ms = if args.no_ort {
+        BTreeMap::new()
+    } else {
+        match ort_bench(dir, args.python.as_deref(), args.runs) {
+            Ok(m) => m,
+            Err(err) => {
+                eprintln!("onnxruntime skipped: {err:#}");
+                BTreeMap::new()
+            }
+        }
+    };
+
+    println!("per one-second segment, single thread, median of {} runs", args.runs);
+    println!("{:<34} {:>10} {:>12} {:>14}", "stage", "tract ms", "ort ms", "tract/ort");
+    println!("{:<34} {:>10.3} {:>12} {:>14}", "log-mel (0.975 s, 96x64)", logmel_ms, "-", "-");
+    println!(
+        "{:<34} {:>10.3} {:>12} {:>14}",
+        format!("image prep ({w}x{h} -> 224)"),
+        prep_ms,
+        "-",
+        "-"
+    );
+    for (id, ms) in &tract_ms {
+        let (ort, ratio) = match ort_ms.get(id) {
+            Some(o) => (format!("{o:.3}"), format!("{:.2}", ms / o)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<34} {:>10.3} {:>12} {:>14}", id, ms, ort, ratio);
+    }
+    let chosen: Vec<String> = featurizer.chosen().iter().map(|c| c.entry.id()).collect();
+    println!(
+        "{:<34} {:>10.3} {:>12} {:>14}",
+        format!("whole segment ({})", chosen.join(" + ")),
+        segment_ms,
+        "-",
+        format!("{:.0}x real time", 1000.0 / segment_ms)
+    );
+    // The headline: tract at the chosen precision against onnxruntime's best variant.
+    for c in featurizer.chosen() {
+        let best_ort = ["fp32", "int8"]
+            .iter()
+            .filter_map(|p| ort_ms.get(&format!("{}.{p}", c.entry.name)).map(|ms| (*p, *ms)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let (Some(t), Some((p, o))) = (tract_ms.get(&c.entry.id()), best_ort) {
+            println!(
+                "headline {}: tract {} {:.2} ms / onnxruntime best ({p}) {:.2} ms = {:.2}",
+                c.entry.name, c.entry.precision, t, o, t / o
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `models/ort_bench.py` and parses its JSON line.
+fn ort_bench(dir: &Path, python: Option<&Path>, runs: usize) -> anyhow::Result<BTreeMap<String, f64>> {
+    let python = match python {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("TSPM_VENV") {
+            Some(v) => PathBuf::from(v).join("bin/python"),
+            None => dir
+                .parent()
+                .map(|p| p.join("venv/bin/python"))
+                .context("the model dir has no parent for the venv")?,
+        },
+    };
+    let script = ort_script()?;
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .args(["--threads", "1", "--runs", &runs.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().context("ort_bench.py printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("parsing ort_bench.py output {line:?}"))
+}
+
+/// `models/ort_bench.py` from the source tree, or next to an installed binary.
+fn ort_script() -> anyhow::Result<PathBuf> {
+    let candidates = [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/ort_bench.py"),
+        PathBuf::from("models/ort_bench.py"),
+        PathBuf::from("/usr/share/tspm-edge/ort_bench.py"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("models/ort_bench.py not found (run from the source tree)")
+}

@@ -1,0 +1,82 @@
+//! The command line: argument definitions, configuration loading, logging set-up, and one
+//! module per subcommand. `main` calls [`run`] and prints the error chain once.
+
+mod bench;
+mod check;
+mod extract;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+/// Offline audio-visual question answering (TSPM) for edge boards.
+///
+/// Captures media through GStreamer, cuts it into one-second segments and computes audio
+/// (YAMNet) and visual (EfficientNet-Lite0) features with tract. Models come from
+/// `bash models/build.sh`.
+#[derive(Debug, Parser)]
+#[command(name = "tspm-edge", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML), merged over the built-in default
+    /// (see `tspm-edge print-default-config`).
+    #[arg(long, global = true, env = "TSPM_EDGE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Writes per-second audio and visual features of a media file to an .npz file.
+    ///
+    /// Arrays: audio [T,1024], audio_logits [T,521], visual [T,1280], tokens [T,49,1280],
+    /// pts_s [T], has_frame [T]. This is the code path the daemon runs, and the one training
+    /// uses.
+    Extract(extract::Args),
+    /// Times each per-segment stage (log-mel, image prep, each encoder in fp32 and int8) in
+    /// tract, and the same ONNX files in onnxruntime, and prints the ratios.
+    Bench(bench::Args),
+    /// Runs the fp32 and int8 encoders in tract on the real inputs the model build saved, and
+    /// prints how close int8 stays to fp32 (and tract to onnxruntime).
+    CheckModels(check::Args),
+    /// Prints the built-in default configuration, with comments.
+    PrintDefaultConfig,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::PrintDefaultConfig = cli.command {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(());
+    }
+    let cfg = match &cli.config {
+        Some(path) => Config::from_file(path),
+        None => Config::default_config(),
+    }
+    .context("loading configuration")?;
+    init_logging(&cfg.logging.level);
+    match cli.command {
+        Command::Extract(args) => extract::run(&cfg, args),
+        Command::Bench(args) => bench::run(&cfg, args),
+        Command::CheckModels(args) => check::run(&cfg, args),
+        Command::PrintDefaultConfig => Ok(()),
+    }
+}
+
+/// Logs to stderr without timestamps (journald adds them); RUST_LOG overrides the level.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tspm_edge={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}

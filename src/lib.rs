@@ -1,0 +1,17 @@
+//! tspm-edge: offline audio-visual question answering for ARM edge boards.
+//!
+//! The modules follow the data: [`capture`] (GStreamer) → [`segmenter`] (one-second
+//! windows by timestamp) → [`dsp`] (log-mel, image preparation) → [`model`] (tract, the only
+//! module that knows it) → [`features`] (per-second feature sets written for Python).
+//! `config` turns the TOML file into typed values; the CLI glue lives in `main.rs` and
+//! [`cli`].
+
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod dsp;
+pub mod featurizer;
+pub mod features;
+pub mod model;
+pub mod pts;
+pub mod segmenter;

@@ -1,0 +1,239 @@
+//! The model contract: `manifest.toml` in the model directory, written by `models/build.sh`.
+//!
+//! Each `[[model]]` names a file, its sha256, and its inputs and outputs (names, shapes with
+//! symbolic dims, dtypes). The model layer checks every file against its entry at load time.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// One dimension of a declared tensor shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A symbolic size (e.g. the batch `N`), any positive size.
+    Symbol(String),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A declared tensor: name, shape and element type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// The ONNX input or output name.
+    pub name: String,
+    /// The shape, fixed or symbolic per axis.
+    pub shape: Vec<Dim>,
+    /// The element type, e.g. `f32`.
+    pub dtype: String,
+}
+
+impl TensorSpec {
+    /// Whether a concrete shape fits this declaration.
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(d, &n)| match d {
+                Dim::Fixed(f) => *f == n,
+                Dim::Symbol(_) => n > 0,
+            })
+    }
+
+    /// The shape as `[N, 1, 96, 64]`.
+    pub fn shape_string(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
+        format!("[{}]", dims.join(", "))
+    }
+
+    /// The number of elements per batch row: product of the fixed dims after axis 0.
+    pub fn row_len(&self) -> usize {
+        self.shape
+            .iter()
+            .skip(1)
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Symbol(_) => 1,
+            })
+            .product()
+    }
+}
+
+/// Accuracy of an int8 model against its fp32 twin, measured at build time on real inputs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckSpec {
+    /// Mean embedding cosine.
+    pub mean_cosine: f32,
+    /// Worst embedding cosine.
+    #[serde(default)]
+    pub min_cosine: Option<f32>,
+    /// Fraction of inputs whose top class agrees.
+    #[serde(default)]
+    pub top1_agreement: Option<f32>,
+    /// Number of real inputs measured.
+    #[serde(default)]
+    pub inputs: Option<usize>,
+}
+
+/// Image preparation the visual encoder expects.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreprocessSpec {
+    /// Side of the square input.
+    pub size: usize,
+    /// Per-channel mean (on 0..1 values).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation.
+    pub std: [f32; 3],
+}
+
+/// One model file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelEntry {
+    /// Logical model name (`yamnet`, `efficientnet_lite0`, …).
+    pub name: String,
+    /// `fp32` or `int8`.
+    pub precision: String,
+    /// File name relative to the manifest.
+    pub file: String,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// Where the weights come from.
+    #[serde(default)]
+    pub source: String,
+    /// Licence of the weights.
+    #[serde(default)]
+    pub licence: String,
+    /// How it was quantised (int8 only).
+    #[serde(default)]
+    pub recipe: Option<String>,
+    /// Declared inputs, in order.
+    #[serde(rename = "input")]
+    pub inputs: Vec<TensorSpec>,
+    /// Declared outputs, in order.
+    #[serde(rename = "output")]
+    pub outputs: Vec<TensorSpec>,
+    /// int8 accuracy check.
+    #[serde(default)]
+    pub check: Option<CheckSpec>,
+    /// Image preparation (visual models).
+    #[serde(default)]
+    pub preprocess: Option<PreprocessSpec>,
+    /// Class-name file (one name per line), relative to the manifest.
+    #[serde(default)]
+    pub classes: Option<String>,
+    /// Any other keys the build records (kept, not interpreted).
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+impl ModelEntry {
+    /// `yamnet.int8`-style id used in messages and benchmarks.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.name, self.precision)
+    }
+
+    /// The declared output named `name`, with its index.
+    pub fn output(&self, name: &str) -> Option<(usize, &TensorSpec)> {
+        self.outputs.iter().enumerate().find(|(_, t)| t.name == name)
+    }
+}
+
+/// The parsed `manifest.toml`.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Directory the manifest was read from; model files are relative to it.
+    pub dir: PathBuf,
+    /// Every model file.
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[serde(rename = "model", default)]
+    models: Vec<ModelEntry>,
+}
+
+impl Manifest {
+    /// The manifest's file name inside a model directory.
+    pub const FILE_NAME: &'static str = "manifest.toml";
+
+    /// Reads `<dir>/manifest.toml`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join(Self::FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::ManifestRead {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, dir, &path)
+    }
+
+    /// Parses manifest text; `path` is only for messages.
+    pub fn parse(text: &str, dir: &Path, path: &Path) -> Result<Self, ModelError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|source| ModelError::ManifestParse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        Ok(Manifest {
+            dir: dir.to_path_buf(),
+            models: raw.models,
+        })
+    }
+
+    /// The entry for `name` at `precision`, if the build produced it.
+    pub fn find(&self, name: &str, precision: &str) -> Option<&ModelEntry> {
+        self.models
+            .iter()
+            .find(|m| m.name == name && m.precision == precision)
+    }
+
+    /// The path of an entry's file.
+    pub fn path_of(&self, entry: &ModelEntry) -> PathBuf {
+        self.dir.join(&entry.file)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[[model]]
+name = "yamnet"
+precision = "fp32"
+file = "yamnet.fp32.onnx"
+sha256 = "00"
+[[model.input]]
+name = "logmel"
+shape = ["N", 1, 96, 64]
+dtype = "f32"
+[[model.output]]
+name = "embedding"
+shape = ["N", 1024]
+dtype = "f32"
+"#;
+
+    #[test]
+    fn parses_symbolic_and_fixed_dims() {
+        let m = Manifest::parse(SAMPLE, Path::new("/m"), Path::new("/m/manifest.toml")).unwrap();
+        let e = m.find("yamnet", "fp32").unwrap();
+        assert_eq!(e.inputs[0].shape[0], Dim::Symbol("N".into()));
+        assert_eq!(e.inputs[0].shape_string(), "[N, 1, 96, 64]");
+        assert!(e.inputs[0].accepts(&[3, 1, 96, 64]));
+        assert!(!e.inputs[0].accepts(&[1, 1, 64, 96]));
+        assert!(!e.inputs[0].accepts(&[1, 96, 64]));
+        assert_eq!(e.outputs[0].row_len(), 1024);
+        assert_eq!(m.path_of(e), Path::new("/m/yamnet.fp32.onnx"));
+    }
+}

@@ -1,0 +1,412 @@
+//! The model layer: the only module that knows tract.
+//!
+//! It reads the model contract ([`manifest`]), checks each ONNX file against it (sha256, input
+//! and output names, shapes, dtypes), loads each model once into a tract plan, and keeps one
+//! tract state per model alive between segments ([`Encoder`]). Every input is checked against
+//! the declared shape before it reaches tract, because tract's own shape errors do not name
+//! the input or the axis. [`precision`] picks fp32 or int8 per model by measurement.
+//!
+//! Owned by one thread (the engine, or the CLI command that runs segments); not shared.
+
+pub mod check;
+pub mod encoders;
+pub mod manifest;
+pub mod precision;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tract::prelude::*;
+
+pub use encoders::{AudioEncoder, Encoders, VisualEncoder};
+pub use manifest::{Dim, Manifest, ModelEntry, TensorSpec};
+
+/// Why a model could not be loaded or run. Every message names the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `manifest.toml` is missing or unreadable.
+    #[error(
+        "reading model manifest {path} (build the models with `bash models/build.sh`, or point \
+         models.dir / TSPM_MODEL_DIR at their directory)"
+    )]
+    ManifestRead {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `manifest.toml` is not a valid manifest.
+    #[error("parsing model manifest {path}")]
+    ManifestParse {
+        /// The manifest path.
+        path: PathBuf,
+        /// The parser's message.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The manifest has no entry for a model the program needs.
+    #[error("model manifest in {dir} has no {name} model at {precision} precision")]
+    NotInManifest {
+        /// The model directory.
+        dir: PathBuf,
+        /// Logical name.
+        name: String,
+        /// `fp32` or `int8`.
+        precision: String,
+    },
+    /// The model file cannot be read.
+    #[error("reading model {model} from {path}")]
+    FileRead {
+        /// Model id, e.g. `yamnet.fp32`.
+        model: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's sha256 differs from the manifest (corrupt or replaced file).
+    #[error(
+        "model {model}: {path} has sha256 {actual}, the manifest says {expected} (corrupt or \
+         replaced file; rebuild with `bash models/build.sh`)"
+    )]
+    Checksum {
+        /// Model id.
+        model: String,
+        /// The file.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Of the file.
+        actual: String,
+    },
+    /// tract could not parse or optimise the file.
+    #[error("model {model}: tract could not load {path}")]
+    Load {
+        /// Model id.
+        model: String,
+        /// The file.
+        path: PathBuf,
+        /// tract's error.
+        #[source]
+        source: anyhow::Error,
+    },
+    /// The file's inputs or outputs differ from the manifest.
+    #[error("model {model}: {tensor} is {actual} in the file, the manifest declares {expected}")]
+    Contract {
+        /// Model id.
+        model: String,
+        /// `input 0 "logmel"` or similar.
+        tensor: String,
+        /// As declared.
+        expected: String,
+        /// As found.
+        actual: String,
+    },
+    /// An input given to `run` does not fit the declared shape.
+    #[error("model {model}: input {tensor:?} has shape {actual:?}, expected {expected}")]
+    InputShape {
+        /// Model id.
+        model: String,
+        /// Input name.
+        tensor: String,
+        /// Declared shape.
+        expected: String,
+        /// Given shape.
+        actual: Vec<usize>,
+    },
+    /// tract failed while running.
+    #[error("model {model}: inference failed")]
+    Run {
+        /// Model id.
+        model: String,
+        /// tract's error.
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// One loaded model with its live tract state.
+///
+/// Loaded once; [`Model::run`] reuses the state, so tract's scratch space stays warm between
+/// segments.
+pub struct Model {
+    entry: ModelEntry,
+    batch: usize,
+    runnable: Runnable,
+    state: State,
+    outputs: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("id", &self.entry.id())
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Checks `entry`'s file against the manifest and loads it for a fixed batch size.
+    ///
+    /// The symbolic batch axis is pinned to `batch` so tract can plan for concrete shapes.
+    pub fn load(manifest: &Manifest, entry: &ModelEntry, batch: usize) -> Result<Self, ModelError> {
+        let id = entry.id();
+        let path = manifest.path_of(entry);
+        let actual = sha256_file(&path).map_err(|source| ModelError::FileRead {
+            model: id.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        if !actual.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(ModelError::Checksum {
+                model: id,
+                path,
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        let started = Instant::now();
+        let load_err = |source: anyhow::Error| ModelError::Load {
+            model: id.clone(),
+            path: path.clone(),
+            source,
+        };
+        // onnxruntime's quantiser writes symbolic value_info that tract would trust over the
+        // real shapes: ignore it and pin the inputs from the manifest instead.
+        let mut inference = onnx()
+            .and_then(|o| o.load_with_options(&path, OnnxOptions::new().ignore_value_info(true)))
+            .map_err(load_err)?;
+        check_names(&id, "input", &entry.inputs, |i| inference.input_name(i), {
+            inference.input_count().map_err(load_err)?
+        })?;
+        check_names(&id, "output", &entry.outputs, |i| inference.output_name(i), {
+            inference.output_count().map_err(load_err)?
+        })?;
+        for (i, spec) in entry.inputs.iter().enumerate() {
+            let fact = fact_string(spec, batch, &id)?;
+            inference.set_input_fact(i, fact.as_str()).map_err(load_err)?;
+        }
+        let model = inference.into_model().map_err(load_err)?;
+        for (i, spec) in entry.outputs.iter().enumerate() {
+            let fact = model.output_fact(i).map_err(load_err)?;
+            let shape = concrete_shape(&fact).map_err(load_err)?;
+            let expected: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Symbol(_) => batch,
+                })
+                .collect();
+            if shape != expected || fact.datum_type().map_err(load_err)? != dtype_of(spec, &id)? {
+                return Err(ModelError::Contract {
+                    model: id,
+                    tensor: format!("output {i} {:?}", spec.name),
+                    expected: format!("{} {} (batch {batch})", spec.shape_string(), spec.dtype),
+                    actual: format!("{fact}"),
+                });
+            }
+        }
+        let runnable = model.into_runnable().map_err(load_err)?;
+        let state = runnable.spawn_state().map_err(load_err)?;
+        tracing::debug!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
+        Ok(Model {
+            entry: entry.clone(),
+            batch,
+            runnable,
+            state,
+            outputs: Vec::new(),
+        })
+    }
+
+    /// The manifest entry this model was loaded from.
+    pub fn entry(&self) -> &ModelEntry {
+        &self.entry
+    }
+
+    /// The batch size the plan was built for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Runs the model on one f32 input per declared input and keeps the outputs for
+    /// [`Model::output`]. Each input is checked against its declared shape first.
+    pub fn run(&mut self, inputs: &[(&[usize], &[f32])]) -> Result<(), ModelError> {
+        let id = || self.entry.id();
+        if inputs.len() != self.entry.inputs.len() {
+            return Err(ModelError::InputShape {
+                model: id(),
+                tensor: format!("{} inputs", inputs.len()),
+                expected: format!("{} inputs", self.entry.inputs.len()),
+                actual: vec![inputs.len()],
+            });
+        }
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (spec, (shape, data)) in self.entry.inputs.iter().zip(inputs) {
+            let fits = spec.accepts(shape)
+                && shape.first() == Some(&self.batch)
+                && shape.iter().product::<usize>() == data.len();
+            if !fits {
+                return Err(ModelError::InputShape {
+                    model: id(),
+                    tensor: spec.name.clone(),
+                    expected: format!(
+                        "{} with N = {} ({} values)",
+                        spec.shape_string(),
+                        self.batch,
+                        self.batch * spec.row_len()
+                    ),
+                    actual: if shape.iter().product::<usize>() == data.len() {
+                        shape.to_vec()
+                    } else {
+                        vec![data.len()]
+                    },
+                });
+            }
+            tensors.push(Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
+                model: id(),
+                source,
+            })?);
+        }
+        self.outputs = self
+            .state
+            .run(tensors)
+            .map_err(|source| ModelError::Run { model: id(), source })?;
+        Ok(())
+    }
+
+    /// Output `index` of the last run, as a flat f32 slice.
+    pub fn output(&self, index: usize) -> Result<&[f32], ModelError> {
+        let tensor = self.outputs.get(index).ok_or_else(|| ModelError::Run {
+            model: self.entry.id(),
+            source: anyhow::anyhow!("no output {index} (was the model run?)"),
+        })?;
+        tensor.as_slice::<f32>().map_err(|source| ModelError::Run {
+            model: self.entry.id(),
+            source,
+        })
+    }
+
+    /// Output `name` of the last run.
+    pub fn output_by_name(&self, name: &str) -> Result<&[f32], ModelError> {
+        let (index, _) = self.entry.output(name).ok_or_else(|| ModelError::Contract {
+            model: self.entry.id(),
+            tensor: format!("output {name:?}"),
+            expected: format!("an output named {name:?}"),
+            actual: "no such output in the manifest".into(),
+        })?;
+        self.output(index)
+    }
+
+    /// Runs the model once through a fresh tract plan run (not the live state), so a
+    /// benchmark or a check does not disturb streaming state. Returns the outputs.
+    pub fn run_detached(&self, shape: &[usize], data: &[f32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let model = self.entry.id();
+        let input = Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
+            model: model.clone(),
+            source,
+        })?;
+        let outputs = self
+            .runnable
+            .run([input])
+            .map_err(|source| ModelError::Run {
+                model: model.clone(),
+                source,
+            })?;
+        outputs
+            .iter()
+            .map(|t| {
+                t.as_slice::<f32>()
+                    .map(<[f32]>::to_vec)
+                    .map_err(|source| ModelError::Run {
+                        model: model.clone(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+fn check_names(
+    model: &str,
+    kind: &str,
+    specs: &[TensorSpec],
+    name_of: impl Fn(usize) -> anyhow::Result<String>,
+    count: usize,
+) -> Result<(), ModelError> {
+    if count != specs.len() {
+        return Err(ModelError::Contract {
+            model: model.to_string(),
+            tensor: format!("the {kind} count"),
+            expected: specs.len().to_string(),
+            actual: count.to_string(),
+        });
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        let actual = name_of(i).map_err(|source| ModelError::Load {
+            model: model.to_string(),
+            path: PathBuf::new(),
+            source,
+        })?;
+        if actual != spec.name {
+            return Err(ModelError::Contract {
+                model: model.to_string(),
+                tensor: format!("{kind} {i} name"),
+                expected: format!("{:?}", spec.name),
+                actual: format!("{actual:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn dtype_of(spec: &TensorSpec, model: &str) -> Result<DatumType, ModelError> {
+    match spec.dtype.as_str() {
+        "f32" => Ok(DatumType::F32),
+        "i64" => Ok(DatumType::I64),
+        "i32" => Ok(DatumType::I32),
+        other => Err(ModelError::Contract {
+            model: model.to_string(),
+            tensor: format!("{:?} dtype", spec.name),
+            expected: "f32, i32 or i64".into(),
+            actual: other.to_string(),
+        }),
+    }
+}
+
+/// tract's fact syntax for a declared input with the batch pinned, e.g. `1,1,96,64,f32`.
+fn fact_string(spec: &TensorSpec, batch: usize, model: &str) -> Result<String, ModelError> {
+    dtype_of(spec, model)?;
+    let dims: Vec<String> = spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Symbol(_) => batch.to_string(),
+        })
+        .collect();
+    Ok(format!("{},{}", dims.join(","), spec.dtype))
+}
+
+fn concrete_shape(fact: &Fact) -> anyhow::Result<Vec<usize>> {
+    let rank = fact.rank()?;
+    (0..rank)
+        .map(|axis| Ok(usize::try_from(fact.dim(axis)?.to_int64()?)?))
+        .collect()
+}

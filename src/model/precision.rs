@@ -1,0 +1,187 @@
+//! Per-model precision: fp32, int8, or `auto` — the faster variant on this CPU among those
+//! that passed the int8 accuracy check recorded in the manifest.
+//!
+//! `auto` times both variants once (tract, one thread, a warm-up run then the median of a few)
+//! and caches the verdict in `<model dir>/precision-cache.toml`, keyed by the CPU, the tract
+//! version and both files' sha256, so a later start reads the verdict instead of re-timing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Dim, Manifest, ModelEntry};
+use super::{Model, ModelError};
+use crate::config::PrecisionChoice;
+
+/// File name of the cache inside the model directory.
+pub const CACHE_FILE: &str = "precision-cache.toml";
+
+/// A model entry and why it was chosen.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The chosen file.
+    pub entry: ModelEntry,
+    /// Human-readable reason, e.g. `auto: fp32 5.1 ms < int8 48.0 ms`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Verdict {
+    cpu: String,
+    tract: String,
+    fp32_sha256: String,
+    int8_sha256: String,
+    fp32_ms: f64,
+    int8_ms: f64,
+    chosen: String,
+}
+
+/// Picks `name`'s variant by `choice`.
+pub fn choose(
+    manifest: &Manifest,
+    name: &str,
+    choice: PrecisionChoice,
+    int8_min_cosine: f32,
+) -> Result<Chosen, ModelError> {
+    let find = |precision: &str| {
+        manifest
+            .find(name, precision)
+            .cloned()
+            .ok_or_else(|| ModelError::NotInManifest {
+                dir: manifest.dir.clone(),
+                name: name.to_string(),
+                precision: precision.to_string(),
+            })
+    };
+    match choice {
+        PrecisionChoice::Fp32 => Ok(Chosen {
+            entry: find("fp32")?,
+            reason: "configured fp32".into(),
+        }),
+        PrecisionChoice::Int8 => Ok(Chosen {
+            entry: find("int8")?,
+            reason: "configured int8".into(),
+        }),
+        PrecisionChoice::Auto => {
+            let fp32 = find("fp32")?;
+            let Some(int8) = manifest.find(name, "int8").cloned() else {
+                return Ok(Chosen {
+                    entry: fp32,
+                    reason: "auto: no int8 model built".into(),
+                });
+            };
+            let cosine = int8.check.as_ref().map(|c| c.mean_cosine);
+            match cosine {
+                Some(c) if c >= int8_min_cosine => {}
+                _ => {
+                    return Ok(Chosen {
+                        entry: fp32,
+                        reason: format!(
+                            "auto: int8 mean cosine {} below the {int8_min_cosine} required",
+                            cosine.map_or("unmeasured".to_string(), |c| format!("{c:.4}"))
+                        ),
+                    });
+                }
+            }
+            let verdict = cached_or_measured(manifest, &fp32, &int8)?;
+            let reason = format!(
+                "auto: fp32 {:.2} ms vs int8 {:.2} ms per run on this CPU",
+                verdict.fp32_ms, verdict.int8_ms
+            );
+            Ok(Chosen {
+                entry: if verdict.chosen == "int8" { int8 } else { fp32 },
+                reason,
+            })
+        }
+    }
+}
+
+fn cached_or_measured(
+    manifest: &Manifest,
+    fp32: &ModelEntry,
+    int8: &ModelEntry,
+) -> Result<Verdict, ModelError> {
+    let path = manifest.dir.join(CACHE_FILE);
+    let mut cache = read_cache(&path);
+    let cpu = cpu_id();
+    let tract = tract::version().to_string();
+    if let Some(v) = cache.get(&fp32.name)
+        && v.cpu == cpu
+        && v.tract == tract
+        && v.fp32_sha256 == fp32.sha256
+        && v.int8_sha256 == int8.sha256
+    {
+        return Ok(v.clone());
+    }
+    tracing::info!(model = %fp32.name, "timing fp32 and int8 once on this CPU (precision = auto)");
+    let fp32_ms = time_model(manifest, fp32)?;
+    let int8_ms = time_model(manifest, int8)?;
+    let verdict = Verdict {
+        cpu,
+        tract,
+        fp32_sha256: fp32.sha256.clone(),
+        int8_sha256: int8.sha256.clone(),
+        fp32_ms,
+        int8_ms,
+        chosen: if int8_ms < fp32_ms { "int8" } else { "fp32" }.into(),
+    };
+    cache.insert(fp32.name.clone(), verdict.clone());
+    match toml::to_string(&cache) {
+        Ok(text) => {
+            if let Err(err) = std::fs::write(&path, text) {
+                tracing::warn!(path = %path.display(), %err, "could not cache the precision verdict");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "could not serialise the precision verdict"),
+    }
+    Ok(verdict)
+}
+
+fn read_cache(path: &Path) -> BTreeMap<String, Verdict> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Median milliseconds of a single-input model on a zero input, after one warm-up run.
+pub fn time_model(manifest: &Manifest, entry: &ModelEntry) -> Result<f64, ModelError> {
+    let mut model = Model::load(manifest, entry, 1)?;
+    let spec = &entry.inputs[0];
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n,
+            Dim::Symbol(_) => 1,
+        })
+        .collect();
+    let input = vec![0.0f32; shape.iter().product()];
+    model.run(&[(&shape, &input)])?;
+    let mut times = Vec::new();
+    let budget = Instant::now();
+    for _ in 0..5 {
+        let t = Instant::now();
+        model.run(&[(&shape, &input)])?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if budget.elapsed().as_secs() >= 3 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// A string naming this CPU: architecture and model name from /proc/cpuinfo.
+pub fn cpu_id() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name") || l.starts_with("CPU part"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    format!("{} {}", std::env::consts::ARCH, model)
+}
