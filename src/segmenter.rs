@@ -608,9 +608,12 @@ mod tests {
         s.end_video();
         s.push_audio(Pts(1_500 * MS), &[1.0; 8_000]);
         let segs = drain(&mut s);
-        assert_eq!(segs.len(), 1);
+        assert_eq!(segs.len(), 2);
         assert_eq!(segs[0].index, 0);
         assert_eq!(segs[0].zero_filled_samples, SEGMENT_SAMPLES);
+        assert!(segs[0].audio.iter().all(|&v| v == 0.0));
+        assert_eq!(segs[1].zero_filled_samples, 8_000);
+        assert!(segs[1].audio[8_000..].iter().all(|&v| v == 1.0));
         assert_eq!(s.stats().gap_samples, 24_000);
     }
 
@@ -757,7 +760,11 @@ mod tests {
         s.push_frame(&frame(2_400)); // out of order
         assert_eq!(s.stats().dropped_frames, 2);
         s.push_audio(Pts(0), &[0.0; 3 * SEGMENT_SAMPLES]);
-        let segs = drain(&mut s);
+        // No frame at or after 3 s has come, so second 2 waits for the end of the video.
+        let mut segs = drain(&mut s);
+        assert_eq!(segs.len(), 2);
+        s.end_video();
+        segs.extend(drain(&mut s));
         let pts: Vec<_> = segs.iter().map(|g| g.frame.as_ref().expect("frame").pts).collect();
         assert_eq!(pts, [Pts(500 * MS), Pts(1_500 * MS), Pts(1_500 * MS)]);
     }

@@ -1,1 +1,161 @@
+//! The model layer on the real built models: goldens, the manifest checks and their messages.
 
+use std::path::Path;
+
+use tspm_edge::model::{Manifest, Model, ModelError};
+
+use crate::util;
+
+fn manifest() -> Manifest {
+    Manifest::load(&util::model_dir()).unwrap()
+}
+
+fn load(name: &str, precision: &str) -> Model {
+    let m = manifest();
+    let entry = m.find(name, precision).unwrap_or_else(|| panic!("{name}.{precision} built"));
+    Model::load(&m, entry, 1).unwrap()
+}
+
+/// tract's fp32 YAMNet on the golden patch gives Google's embedding and logits to 1e-4.
+#[test]
+fn yamnet_fp32_matches_the_golden_embedding() {
+    let patch: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/logmel_patch_96x64.npy")).unwrap();
+    let want_emb: ndarray::Array1<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    let want_logits: ndarray::Array1<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/yamnet_logits_521.npy")).unwrap();
+    let mut model = load("yamnet", "fp32");
+    let data: Vec<f32> = patch.iter().copied().collect();
+    model.run(&[(&[1, 1, 96, 64], &data)]).unwrap();
+    let emb = model.output_by_name("embedding").unwrap();
+    let logits = model.output_by_name("logits").unwrap();
+    let max_emb = emb.iter().zip(want_emb.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let max_logit =
+        logits.iter().zip(want_logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(max_emb <= 1e-4, "embedding max abs diff {max_emb}");
+    assert!(max_logit <= 1e-4, "logits max abs diff {max_logit}");
+}
+
+/// The log-mel front end and YAMNet together, from the golden waveform.
+#[test]
+fn waveform_to_embedding_matches_the_golden() {
+    let wave: ndarray::Array1<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/wave_16k_15600.npy")).unwrap();
+    let want: ndarray::Array1<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    let mut fe = tspm_edge::dsp::MelFrontend::new();
+    let mut patch = vec![0.0; 96 * 64];
+    fe.process(wave.as_slice().unwrap(), &mut patch).unwrap();
+    let mut model = load("yamnet", "fp32");
+    model.run(&[(&[1, 1, 96, 64], &patch)]).unwrap();
+    let emb = model.output_by_name("embedding").unwrap();
+    let cos = tspm_edge::model::check::cosine(emb, want.as_slice().unwrap());
+    let max = emb.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    // The patch itself is within 1e-4 of the golden; through the net that stays small.
+    assert!(cos > 0.99999 && max < 1e-3, "cosine {cos}, max abs {max}");
+}
+
+/// Every built variant runs in tract on the saved real inputs; fp32 matches onnxruntime and
+/// int8 stays close to fp32 (the thresholds are the ones the model build checks).
+#[test]
+fn tract_check_on_real_inputs() {
+    let rows = tspm_edge::model::check::check_models(&util::model_dir()).unwrap();
+    assert!(rows.iter().any(|r| r.model == "yamnet.fp32"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.model == "efficientnet_lite0.fp32"), "{rows:?}");
+    for r in &rows {
+        assert!(r.inputs >= 3, "{r:?}");
+        if r.model.ends_with("fp32") {
+            assert!(r.max_abs_vs_ort <= 1e-3, "tract fp32 vs onnxruntime: {r:?}");
+        } else {
+            let recorded = manifest()
+                .models
+                .iter()
+                .find(|m| m.id() == r.model)
+                .and_then(|m| m.check.clone())
+                .map(|c| c.mean_cosine)
+                .unwrap_or(0.0);
+            // tract must reproduce what onnxruntime measured at build time, within 0.01.
+            assert!(r.mean_cosine >= recorded - 0.01, "{r:?} vs build-time cosine {recorded}");
+        }
+    }
+}
+
+fn copy_model_dir(to: &Path) -> Manifest {
+    let src = util::model_dir();
+    for f in ["manifest.toml", "yamnet.fp32.onnx"] {
+        std::fs::copy(src.join(f), to.join(f)).unwrap();
+    }
+    Manifest::load(to).unwrap()
+}
+
+#[test]
+fn corrupt_file_is_refused_by_checksum_naming_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = copy_model_dir(tmp.path());
+    let path = tmp.path().join("yamnet.fp32.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err();
+    assert!(matches!(err, ModelError::Checksum { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("yamnet.fp32") && msg.contains("sha256"), "{msg}");
+}
+
+#[test]
+fn truncated_file_with_matching_checksum_is_a_load_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = copy_model_dir(tmp.path());
+    let path = tmp.path().join("yamnet.fp32.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let sha = tspm_edge::model::sha256_file(&path).unwrap();
+    m.models.iter_mut().for_each(|e| e.sha256 = sha.clone());
+    let err = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err();
+    assert!(matches!(err, ModelError::Load { .. }), "{err:?}");
+    assert!(err.to_string().contains("yamnet.fp32.onnx"), "{err}");
+}
+
+#[test]
+fn model_that_differs_from_the_manifest_names_tensor_and_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = copy_model_dir(tmp.path());
+    // Declare a 512-wide embedding: the file's 1024-wide output no longer fits the contract.
+    let entry = m.models.iter_mut().find(|e| e.id() == "yamnet.fp32").unwrap();
+    let out = entry.outputs.iter_mut().find(|o| o.name == "embedding").unwrap();
+    out.shape[1] = tspm_edge::model::Dim::Fixed(512);
+    let err = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::Contract { .. }), "{err:?}");
+    assert!(msg.contains("yamnet.fp32") && msg.contains("embedding"), "{msg}");
+    assert!(msg.contains("512") && msg.contains("1024"), "{msg}");
+
+    // A renamed input is refused too.
+    let mut m = copy_model_dir(tmp.path());
+    m.models.iter_mut().for_each(|e| e.inputs[0].name = "spectrogram".into());
+    let msg = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err().to_string();
+    assert!(msg.contains("spectrogram") && msg.contains("logmel"), "{msg}");
+}
+
+#[test]
+fn wrong_input_shape_is_refused_before_tract_with_names() {
+    let mut model = load("yamnet", "fp32");
+    let data = vec![0.0f32; 64 * 96];
+    let err = model.run(&[(&[1, 1, 64, 96], &data)]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("yamnet.fp32") && msg.contains("logmel"), "{msg}");
+    assert!(msg.contains("[N, 1, 96, 64]") && msg.contains("[1, 1, 64, 96]"), "{msg}");
+    // Too few values for the declared shape.
+    let err = model.run(&[(&[1, 1, 96, 64], &data[..100])]).unwrap_err();
+    assert!(err.to_string().contains("6144 values"), "{err}");
+}
+
+#[test]
+fn missing_manifest_tells_how_to_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Manifest::load(tmp.path()).unwrap_err();
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(msg.contains("models/build.sh") && msg.contains("manifest.toml"), "{msg}");
+}

@@ -110,7 +110,9 @@ pub struct CaptureConfig {
     /// pixels; `None` keeps the native size.
     pub max_frame_size: Option<FrameSize>,
     /// `recv` gives up with [`CaptureError::Stalled`] after this long without any item;
-    /// `None` waits forever.
+    /// `None` waits forever. This is the last line of defence against a hang: with some
+    /// corrupt files, GStreamer 1.22's `decodebin` races with the demuxer and drops the
+    /// demuxer's error, so neither data, nor an error, nor end of stream ever comes.
     pub stall_timeout: Option<Duration>,
 }
 
@@ -122,7 +124,9 @@ impl Default for CaptureConfig {
             channel_capacity: 64,
             video_fps: FrameRate { num: 2, den: 1 },
             max_frame_size: None,
-            stall_timeout: Some(Duration::from_secs(30)),
+            // Long enough for a camera to start; short enough that a file that makes GStreamer go
+            // quiet (decodebin can swallow a demuxer's error, see `stall_timeout`) fails soon.
+            stall_timeout: Some(Duration::from_secs(10)),
         }
     }
 }

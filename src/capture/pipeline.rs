@@ -137,7 +137,10 @@ fn add_description(
         description: description.to_owned(),
         message,
     };
-    let bin = gst::parse::bin_from_description(description, true)
+    // A trailing caps string (`v4l2src ! video/x-raw,width=640`) is only a filter between two
+    // elements in gst-launch syntax, so give it an element to filter into.
+    let with_tail = format!("{description} ! identity silent=true");
+    let bin = gst::parse::bin_from_description(&with_tail, true)
         .map_err(|e| invalid(e.message().to_owned()))?;
     bin.set_property("name", format!("{kind}-source"));
     let src = bin

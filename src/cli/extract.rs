@@ -30,9 +30,6 @@ pub struct Args {
 pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut featurizer = Featurizer::new(&cfg.models)?;
-    for c in featurizer.chosen() {
-        eprintln!("model {}: {}", c.entry.id(), c.reason);
-    }
     let classes = if args.print_classes {
         Some(audio_classes(&cfg.models.dir)?)
     } else {

@@ -309,6 +309,7 @@ impl ImagePrep {
 
     /// Source rows → `self.rows`, only the cropped columns, rounded to u8 like PIL's
     /// intermediate image.
+    #[inline(never)]
     fn horizontal_pass(&mut self, rgb: &[u8], width: usize, stride_bytes: usize) {
         let taps = &self.plan.horizontal;
         let row_bytes = self.config.size * 3;
@@ -318,20 +319,24 @@ impl ImagePrep {
             for (i, dst) in dst_row.chunks_exact_mut(3).enumerate() {
                 let (lo, n) = taps.bounds[i];
                 let pixels = &src[lo * 3..(lo + n) * 3];
-                let (mut r_acc, mut g_acc, mut b_acc) = (ROUNDING, ROUNDING, ROUNDING);
+                // Four lanes, the fourth idle: the shape LLVM turns into one SIMD
+                // multiply-add per tap (NEON, SSE4.1) instead of three scalar ones.
+                let mut acc = [ROUNDING; 4];
                 for (px, &k) in pixels.chunks_exact(3).zip(taps.weights_of(i)) {
-                    r_acc += i32::from(px[0]) * k;
-                    g_acc += i32::from(px[1]) * k;
-                    b_acc += i32::from(px[2]) * k;
+                    let px = [i32::from(px[0]), i32::from(px[1]), i32::from(px[2]), 0];
+                    for (a, p) in acc.iter_mut().zip(px) {
+                        *a += p * k;
+                    }
                 }
-                dst[0] = clip8(r_acc);
-                dst[1] = clip8(g_acc);
-                dst[2] = clip8(b_acc);
+                dst[0] = clip8(acc[0]);
+                dst[1] = clip8(acc[1]);
+                dst[2] = clip8(acc[2]);
             }
         }
     }
 
     /// `self.rows` → the cropped output rows, rounded to u8, normalised and scattered to CHW.
+    #[inline(never)]
     fn vertical_pass(&mut self, out: &mut [f32]) {
         let size = self.config.size;
         let row_bytes = size * 3;

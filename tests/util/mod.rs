@@ -41,3 +41,32 @@ pub fn fixtures_dir() -> PathBuf {
     })
     .clone()
 }
+
+/// The built model directory (`bash models/build.sh` writes it; CI runs that first):
+/// `$TSPM_MODEL_DIR`, else `~/.cache/tspm-edge/models`.
+pub fn model_dir() -> PathBuf {
+    let dir = match std::env::var_os("TSPM_MODEL_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/tspm-edge/models"),
+    };
+    assert!(
+        dir.join("manifest.toml").is_file(),
+        "{} has no manifest.toml: build the models first with `bash models/build.sh`",
+        dir.display()
+    );
+    dir
+}
+
+/// The built binary.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tspm-edge"))
+}
+
+/// A config file in `dir` pointing `models.dir` at `models`, plus extra TOML.
+pub fn write_config(dir: &std::path::Path, models: &std::path::Path, extra: &str) -> PathBuf {
+    let path = dir.join("tspm-edge.toml");
+    let text = format!("[models]\ndir = {:?}\n{extra}", models.display().to_string());
+    std::fs::write(&path, text).expect("writing a test config");
+    path
+}

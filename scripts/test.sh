@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: the whole suite against the real models (build them first with
+# `bash models/build.sh`; TSPM_MODEL_DIR selects a non-default directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export G_DEBUG="${G_DEBUG:-fatal_warnings}"
+cargo test --locked --all-targets
