@@ -1,6 +1,9 @@
 //! The DSP front ends against the shared goldens, their allocation-free hot paths, and their
 //! error messages.
 
+// Tests panic on the unexpected; that is what `unwrap` is for here.
+#![allow(clippy::unwrap_used)]
+
 use ndarray::{Array1, Array2, Array4};
 use ndarray_npy::read_npy;
 use tspm_edge::dsp::{
@@ -68,11 +71,21 @@ fn image_matches_clip_golden() {
 
     let mut prep = ImagePrep::new(ImagePrepConfig::clip(224)).unwrap();
     let mut got = vec![0.0; 3 * 224 * 224];
-    prep.process(&img.data, img.width, img.height, img.stride_bytes(), &mut got).unwrap();
+    prep.process(
+        &img.data,
+        img.width,
+        img.height,
+        img.stride_bytes(),
+        &mut got,
+    )
+    .unwrap();
     let (max, mean) = abs_errors(&got, want.as_slice().unwrap());
     eprintln!("image vs golden: max abs {max:.4e}, mean abs {mean:.4e}");
     let one_level = 1.0 / 255.0 / tspm_edge::dsp::CLIP_STD[1];
-    assert!(max <= one_level * 1.001, "image max abs error {max} > one u8 level {one_level}");
+    assert!(
+        max <= one_level * 1.001,
+        "image max abs error {max} > one u8 level {one_level}"
+    );
     assert!(mean <= 0.002, "image mean abs error {mean}");
 }
 
@@ -83,14 +96,24 @@ fn image_rows_may_be_padded() {
     let img = kafka();
     let stride = img.stride_bytes() + 6;
     let mut padded = vec![0xAB; stride * img.height];
-    for (dst, src) in padded.chunks_exact_mut(stride).zip(img.data.chunks_exact(img.stride_bytes()))
+    for (dst, src) in padded
+        .chunks_exact_mut(stride)
+        .zip(img.data.chunks_exact(img.stride_bytes()))
     {
         dst[..src.len()].copy_from_slice(src);
     }
     let mut prep = ImagePrep::new(ImagePrepConfig::clip(224)).unwrap();
     let (mut tight, mut loose) = (vec![0.0; 3 * 224 * 224], vec![0.0; 3 * 224 * 224]);
-    prep.process(&img.data, img.width, img.height, img.stride_bytes(), &mut tight).unwrap();
-    prep.process(&padded, img.width, img.height, stride, &mut loose).unwrap();
+    prep.process(
+        &img.data,
+        img.width,
+        img.height,
+        img.stride_bytes(),
+        &mut tight,
+    )
+    .unwrap();
+    prep.process(&padded, img.width, img.height, stride, &mut loose)
+        .unwrap();
     assert_eq!(tight, loose);
 }
 
@@ -98,7 +121,9 @@ fn image_rows_may_be_padded() {
 fn image_prep_survives_size_changes() {
     // Landscape, portrait, tiny (upscaled) and back: each result equals a fresh ImagePrep's.
     let frame = |w: usize, h: usize| -> Vec<u8> {
-        (0..w * h * 3).map(|i| ((i * 7 + i / (w * 3) * 13) % 256) as u8).collect()
+        (0..w * h * 3)
+            .map(|i| ((i * 7 + i / (w * 3) * 13) % 256) as u8)
+            .collect()
     };
     let mut reused = ImagePrep::new(ImagePrepConfig::imagenet(224)).unwrap();
     for (w, h) in [(640, 480), (480, 640), (100, 60), (640, 480)] {
@@ -144,16 +169,27 @@ fn wrong_shapes_give_errors_that_name_the_expected_form() {
         err.to_string(),
         "pcm has 1200 samples, a log-mel patch needs at least 15600 (0.975 s at 16 kHz)"
     );
-    let err = fe.process(&[0.0; PATCH_SAMPLES], &mut [0.0; 100]).unwrap_err();
-    assert_eq!(err.to_string(), "out has len 100, expected 96 frames × 64 mels = 6144");
+    let err = fe
+        .process(&[0.0; PATCH_SAMPLES], &mut [0.0; 100])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "out has len 100, expected 96 frames × 64 mels = 6144"
+    );
 
     let mut prep = ImagePrep::new(ImagePrepConfig::clip(224)).unwrap();
     let rgb = vec![0u8; 8 * 4 * 3];
     let mut out = vec![0.0; 3 * 224 * 224];
     let err = prep.process(&rgb, 8, 4, 24, &mut out[..10]).unwrap_err();
-    assert_eq!(err.to_string(), "out has len 10, expected 3×224×224 = 150528");
+    assert_eq!(
+        err.to_string(),
+        "out has len 10, expected 3×224×224 = 150528"
+    );
     let err = prep.process(&rgb, 8, 4, 20, &mut out).unwrap_err();
-    assert_eq!(err.to_string(), "image stride 20 bytes is smaller than width×3 = 24");
+    assert_eq!(
+        err.to_string(),
+        "image stride 20 bytes is smaller than width×3 = 24"
+    );
     let err = prep.process(&rgb, 8, 4, 32, &mut out).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -161,7 +197,13 @@ fn wrong_shapes_give_errors_that_name_the_expected_form() {
          ((height-1)×stride + width×3)"
     );
     let err = prep.process(&rgb, 0, 4, 24, &mut out).unwrap_err();
-    assert!(matches!(err, DspError::EmptyImage { width: 0, height: 4 }));
+    assert!(matches!(
+        err,
+        DspError::EmptyImage {
+            width: 0,
+            height: 4
+        }
+    ));
 
     let err = load_rgb(golden("no-such-photo.jpg")).unwrap_err();
     assert!(err.to_string().starts_with("decoding image "), "{err}");

@@ -159,3 +159,47 @@ fn missing_manifest_tells_how_to_build() {
     let msg = format!("{:#}", anyhow::Error::from(err));
     assert!(msg.contains("models/build.sh") && msg.contains("manifest.toml"), "{msg}");
 }
+
+#[test]
+fn precision_choice_follows_config_and_accuracy_gate() {
+    use tspm_edge::config::PrecisionChoice;
+    use tspm_edge::model::precision::choose;
+    let m = manifest();
+    let fixed = choose(&m, "yamnet", PrecisionChoice::Int8, 0.98).unwrap();
+    assert_eq!(fixed.entry.precision, "int8");
+    let fixed = choose(&m, "yamnet", PrecisionChoice::Fp32, 0.98).unwrap();
+    assert_eq!(fixed.entry.precision, "fp32");
+    // An int8 model below the required cosine is never picked by auto, and the reason says so.
+    let gated = choose(&m, "efficientnet_lite0", PrecisionChoice::Auto, 0.9999).unwrap();
+    assert_eq!(gated.entry.precision, "fp32");
+    assert!(gated.reason.contains("below"), "{}", gated.reason);
+    // An unknown model is an error naming it.
+    let err = choose(&m, "vggish", PrecisionChoice::Fp32, 0.98).unwrap_err();
+    assert!(err.to_string().contains("vggish"), "{err}");
+}
+
+/// `auto` times both variants once and caches the verdict; the cached verdict is reused.
+#[test]
+fn auto_precision_is_measured_once_and_cached() {
+    use tspm_edge::config::PrecisionChoice;
+    use tspm_edge::model::precision::{CACHE_FILE, choose};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = util::model_dir();
+    for f in ["manifest.toml", "yamnet.fp32.onnx", "yamnet.int8.onnx"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let m = Manifest::load(tmp.path()).unwrap();
+    let first = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98).unwrap();
+    assert!(first.reason.contains("ms"), "{}", first.reason);
+    let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
+    assert!(cache.contains("[yamnet]") && cache.contains("fp32_ms"), "{cache}");
+    // Tamper with the cached timings: a second choice must read them instead of re-timing.
+    let flipped = if first.entry.precision == "int8" {
+        cache.replace("chosen = \"int8\"", "chosen = \"fp32\"")
+    } else {
+        cache.replace("chosen = \"fp32\"", "chosen = \"int8\"")
+    };
+    std::fs::write(tmp.path().join(CACHE_FILE), flipped).unwrap();
+    let second = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98).unwrap();
+    assert_ne!(second.entry.precision, first.entry.precision);
+}

@@ -1,8 +1,11 @@
 //! The one integration-test binary. Each module tests one part against real inputs;
 //! `util` holds the harness (paths to goldens and models, the counting allocator).
 
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 mod capture;
+mod cli;
 mod dsp;
 mod model;

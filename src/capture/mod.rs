@@ -15,7 +15,9 @@
 //!
 //! **Back-pressure** is the [`Mode`]: for files ([`Mode::File`]) a full channel makes the
 //! streaming thread wait, so nothing is lost and the appsinks run with `sync=false` (decoding
-//! as fast as the consumer reads); for live sources ([`Mode::Live`]) a streaming thread never
+//! as fast as the consumer reads), and a stream more than 2 s ahead of the other waits for it
+//! (`pace.rs`), so the consumer gets the two interleaved by time whatever the decoders'
+//! speeds; for live sources ([`Mode::Live`]) a streaming thread never
 //! waits: a full channel drops the newest item and counts it ([`CaptureStats`]). The one
 //! exception is the once-per-stream [`Captured::StreamEnd`], which is always delivered.
 //!
@@ -28,6 +30,7 @@
 //! then stops the pipeline.
 
 mod error;
+mod pace;
 mod pipeline;
 mod sink;
 
@@ -195,6 +198,7 @@ pub struct Capture {
     audio_pool: Sender<Vec<f32>>,
     frame_pool: Sender<Vec<u8>>,
     counters: Arc<sink::Counters>,
+    pacer: Arc<pace::Pacer>,
     stall_timeout: Option<Duration>,
     state: State,
 }
@@ -216,11 +220,13 @@ impl Capture {
         let (audio_pool, audio_pool_rx) = crossbeam_channel::bounded(cfg.channel_capacity.max(1));
         let (frame_pool, frame_pool_rx) = crossbeam_channel::bounded(4);
         let counters = Arc::new(sink::Counters::default());
+        let pacer = Arc::new(pace::Pacer::new(cfg.mode));
         let ctx = sink::SinkCtx {
             tx: data_tx,
             mode: cfg.mode,
             counters: Arc::clone(&counters),
             pools: sink::Pools { audio: audio_pool_rx, frames: frame_pool_rx },
+            pacer: Arc::clone(&pacer),
         };
         let pipeline = pipeline::build(source, cfg, ctx, ctrl_tx.clone())?;
         watch_bus(&pipeline, ctrl_tx);
@@ -231,6 +237,7 @@ impl Capture {
             audio_pool,
             frame_pool,
             counters,
+            pacer,
             stall_timeout: cfg.stall_timeout,
             state: State::Running,
         };
@@ -349,9 +356,10 @@ impl Recycler {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        // A streaming thread may be waiting in `send` (file mode); disconnecting the channel
-        // releases it with an error, which stops its stream. Only then can the pipeline go to
-        // NULL, which waits for the streaming threads.
+        // A streaming thread may be waiting in the pacer or in `send` (file mode); closing the
+        // pacer and disconnecting the channel release it with an error, which stops its
+        // stream. Only then can the pipeline go to NULL, which waits for the streaming threads.
+        self.pacer.close();
         drop(std::mem::replace(&mut self.data_rx, crossbeam_channel::never()));
         let _ = self.pipeline.set_state(gst::State::Null);
     }

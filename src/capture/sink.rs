@@ -3,7 +3,8 @@
 //! Runs on GStreamer's streaming threads (one per stream). Each callback converts one sample
 //! and hands it to the consumer through the shared bounded channel, by the [`Mode`]'s policy:
 //! `File` waits for room (nothing is lost; the decoder simply pauses), `Live` never waits
-//! (a full channel drops the newest item and counts it). Timestamps become running time
+//! (a full channel drops the newest item and counts it). In file mode the stream that is
+//! ahead also waits for the other (`pace.rs`). Timestamps become running time
 //! ([`Pts`]) here, so the consumer sees a clock that starts at 0 even if the file's does not.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
+use super::pace::Pacer;
 use super::{Captured, Mode, StreamKind};
 use crate::pts::Pts;
 use crate::segmenter::{Frame, SAMPLE_RATE_HZ};
@@ -42,20 +44,28 @@ pub(super) struct SinkCtx {
     pub mode: Mode,
     pub counters: Arc<Counters>,
     pub pools: Pools,
+    pub pacer: Arc<Pacer>,
 }
 
 impl SinkCtx {
     /// Hands `item` to the consumer by the mode's policy. An error stops the stream: the
     /// consumer has gone away, so `Flushing` (which posts no error) is the honest answer.
-    fn deliver(&self, item: Captured) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn deliver(
+        &self,
+        kind: StreamKind,
+        pts: Pts,
+        item: Captured,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // In file mode, wait here while this stream is too far ahead of the other.
+        self.pacer.advance(kind, pts.0).map_err(|_| gst::FlowError::Flushing)?;
         match self.mode {
             Mode::File => self.tx.send(item).map_err(|_| gst::FlowError::Flushing)?,
             Mode::Live => match self.tx.try_send(item) {
                 Ok(()) => {}
-                Err(TrySendError::Full(item)) => {
-                    let counter = match item {
-                        Captured::Video(_) => &self.counters.dropped_video_frames,
-                        _ => &self.counters.dropped_audio_chunks,
+                Err(TrySendError::Full(_)) => {
+                    let counter = match kind {
+                        StreamKind::Audio => &self.counters.dropped_audio_chunks,
+                        StreamKind::Video => &self.counters.dropped_video_frames,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
@@ -68,6 +78,7 @@ impl SinkCtx {
     /// The end of one stream. Sent blocking in both modes: it happens once, and the
     /// segmenter needs it to stop waiting for frames.
     fn deliver_end(&self, kind: StreamKind) {
+        self.pacer.end(kind);
         // A send error means the consumer is gone; there is nobody left to tell.
         let _ = self.tx.send(Captured::StreamEnd(kind));
     }
@@ -105,7 +116,7 @@ pub(super) fn install_audio(sink: &gst_app::AppSink, ctx: SinkCtx) {
                 next_ns = pts_ns
                     + samples.len() as u64 * Pts::SECOND_NS / u64::from(SAMPLE_RATE_HZ);
                 ctx.counters.audio_chunks.fetch_add(1, Ordering::Relaxed);
-                ctx.deliver(Captured::Audio { pts: Pts(pts_ns), samples })
+                ctx.deliver(StreamKind::Audio, Pts(pts_ns), Captured::Audio { pts: Pts(pts_ns), samples })
             })
             .eos(move |_| eos_ctx.deliver_end(StreamKind::Audio))
             .build(),
@@ -141,7 +152,7 @@ pub(super) fn install_video(sink: &gst_app::AppSink, ctx: SinkCtx) {
                     data,
                 };
                 ctx.counters.video_frames.fetch_add(1, Ordering::Relaxed);
-                ctx.deliver(Captured::Video(frame))
+                ctx.deliver(StreamKind::Video, frame.pts, Captured::Video(frame))
             })
             .eos(move |_| eos_ctx.deliver_end(StreamKind::Video))
             .build(),

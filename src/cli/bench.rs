@@ -33,6 +33,25 @@ pub struct Args {
     /// Skip onnxruntime.
     #[arg(long)]
     pub no_ort: bool,
+    /// Batch size for the encoder timings (frames or patches per tract run); the table then
+    /// also gives ms per item. onnxruntime stays at batch 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch: u32,
+    /// Time only the model variants whose id (e.g. `yamnet.fp32`) contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
+    /// tract model transform to apply before optimisation (repeatable), e.g. `conv_nhwc`.
+    #[arg(long = "transform", value_name = "NAME")]
+    pub transforms: Vec<String>,
+    /// Also profile each timed model node by node with tract's profiler and print the
+    /// slowest nodes and the time per kind of op (needs the `profile` cargo feature).
+    #[cfg(feature = "profile")]
+    #[arg(long)]
+    pub profile: bool,
+    /// Nodes listed per model by `--profile`.
+    #[cfg(feature = "profile")]
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -91,9 +110,13 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let logmel_ms = median_ms(args.runs, || featurizer.logmel(&pcm[..15_600]))?;
     let prep_ms = median_ms(args.runs, || featurizer.prepare(&frame))?;
 
+    let batch = args.batch as usize;
     let mut tract_ms: BTreeMap<String, f64> = BTreeMap::new();
     for entry in &manifest.models {
-        let mut model = Model::load(&manifest, entry, 1)
+        if args.only.as_deref().is_some_and(|o| !entry.id().contains(o)) {
+            continue;
+        }
+        let mut model = Model::load_with(&manifest, entry, batch, &args.transforms)
             .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
         let spec = &entry.inputs[0];
         let shape: Vec<usize> = spec
@@ -101,7 +124,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|d| match d {
                 crate::model::Dim::Fixed(n) => *n,
-                crate::model::Dim::Symbol(_) => 1,
+                crate::model::Dim::Symbol(_) => batch,
             })
             .collect();
         let input: Vec<f32> = (0..shape.iter().product::<usize>())
@@ -109,8 +132,23 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
             .collect();
         let runs = if entry.precision == "int8" { args.runs.min(5) } else { args.runs };
         let ms = median_ms(runs, || Ok(model.run(&[(&shape, &input)])?))?;
-        eprintln!("  tract {:<26} {ms:>9.2} ms", entry.id());
-        tract_ms.insert(entry.id(), ms);
+        if batch > 1 {
+            eprintln!(
+                "  tract {:<26} {ms:>9.2} ms per run of {batch}, {:.2} ms per item",
+                entry.id(),
+                ms / batch as f64
+            );
+        } else {
+            eprintln!("  tract {:<26} {ms:>9.2} ms", entry.id());
+        }
+        tract_ms.insert(entry.id(), ms / batch as f64);
+        #[cfg(feature = "profile")]
+        if args.profile {
+            let profile = model
+                .profile(&shape, &input)
+                .with_context(|| format!("profiling {}", entry.id()))?;
+            print_profile(&entry.id(), ms, &profile, args.top);
+        }
     }
 
     let segment_ms = median_ms(args.runs, || {
@@ -131,6 +169,12 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     };
 
     println!("per one-second segment, single thread, median of {} runs", args.runs);
+    if batch > 1 {
+        println!("tract encoders at batch {batch}: ms per item (run time / {batch})");
+    }
+    if !args.transforms.is_empty() {
+        println!("tract transforms: {}", args.transforms.join(", "));
+    }
     println!("{:<34} {:>10} {:>12} {:>14}", "stage", "tract ms", "ort ms", "tract/ort");
     println!("{:<34} {:>10.3} {:>12} {:>14}", "log-mel (0.975 s, 96x64)", logmel_ms, "-", "-");
     println!(
@@ -169,6 +213,74 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the slowest nodes of one profile and the time per kind of op.
+#[cfg(feature = "profile")]
+fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize) {
+    let sum: f64 = p.ops.iter().map(|o| o.ms).sum();
+    let pct = |ms: f64| if sum > 0.0 { 100.0 * ms / sum } else { 0.0 };
+    println!();
+    println!(
+        "profile {id}: {:.2} ms per run under the profiler ({} runs; bench median {bench_ms:.2} \
+         ms), {:.2} ms in {} nodes",
+        p.total_ms,
+        p.iterations,
+        sum,
+        p.ops.len()
+    );
+    println!(
+        "  {:<44} {:<22} {:<18} {:>8} {:>6} {:>8} {:>7}",
+        "node", "op", "kind", "ms", "%", "MMAC", "GMAC/s"
+    );
+    for o in p.ops.iter().take(top) {
+        let node = if o.node.len() > 44 { &o.node[o.node.len() - 44..] } else { &o.node };
+        let gmacs = if o.ms > 0.0 && o.macs > 0 {
+            format!("{:.1}", o.macs as f64 / o.ms / 1e6)
+        } else {
+            "-".into()
+        };
+        println!(
+            "  {:<44} {:<22} {:<18} {:>8.3} {:>6.1} {:>8.2} {:>7}",
+            node,
+            o.op,
+            o.kind,
+            o.ms,
+            pct(o.ms),
+            o.macs as f64 / 1e6,
+            gmacs
+        );
+    }
+    let mut kinds: BTreeMap<&str, (usize, f64, u64)> = BTreeMap::new();
+    for o in &p.ops {
+        let k = kinds.entry(o.kind.as_str()).or_default();
+        k.0 += 1;
+        k.1 += o.ms;
+        k.2 += o.macs;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    println!("  by kind:");
+    println!(
+        "  {:<30} {:>6} {:>9} {:>6} {:>9} {:>7}",
+        "kind", "nodes", "ms", "%", "MMAC", "GMAC/s"
+    );
+    for (kind, (n, ms, macs)) in kinds {
+        let gmacs = if ms > 0.0 && macs > 0 {
+            format!("{:.1}", macs as f64 / ms / 1e6)
+        } else {
+            "-".into()
+        };
+        println!(
+            "  {:<30} {:>6} {:>9.3} {:>6.1} {:>9.2} {:>7}",
+            kind,
+            n,
+            ms,
+            pct(ms),
+            macs as f64 / 1e6,
+            gmacs
+        );
+    }
 }
 
 /// Runs `models/ort_bench.py` and parses its JSON line.

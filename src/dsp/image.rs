@@ -31,6 +31,9 @@ use super::DspError;
 /// CLIP's per-channel mean (OpenAI `clip/clip.py`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel std.
+// The digits are kept as published, so they can be checked against `clip.py` by eye; the
+// extra ones round to the same f32.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// ImageNet's per-channel mean (torchvision's reference models).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -59,12 +62,20 @@ pub struct ImagePrepConfig {
 impl ImagePrepConfig {
     /// CLIP's preprocessing at `size`.
     pub const fn clip(size: usize) -> Self {
-        ImagePrepConfig { size, mean: CLIP_MEAN, std: CLIP_STD }
+        ImagePrepConfig {
+            size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
     }
 
     /// ImageNet's preprocessing at `size`.
     pub const fn imagenet(size: usize) -> Self {
-        ImagePrepConfig { size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+        ImagePrepConfig {
+            size,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
     }
 }
 
@@ -92,7 +103,10 @@ impl Rgb8Image {
 /// photo path; the live path gets frames from capture.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<Rgb8Image, DspError> {
     let path = path.as_ref();
-    let decode_err = |source| DspError::Decode { path: path.to_path_buf(), source };
+    let decode_err = |source| DspError::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
     let img = ::image::ImageReader::open(path)
         .map_err(|e| decode_err(e.into()))?
         .with_guessed_format()
@@ -101,7 +115,11 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<Rgb8Image, DspError> {
         .map_err(decode_err)?
         .into_rgb8();
     let (width, height) = (img.width() as usize, img.height() as usize);
-    Ok(Rgb8Image { width, height, data: img.into_raw() })
+    Ok(Rgb8Image {
+        width,
+        height,
+        data: img.into_raw(),
+    })
 }
 
 /// PIL's `bicubic_filter` with a = -0.5 (Keys' kernel, the one PIL and torchvision's PIL path
@@ -150,6 +168,7 @@ impl Taps {
         // Downscaling widens the kernel by the scale factor (antialiasing); upscaling does not.
         let filter_scale = scale.max(1.0);
         let support = BICUBIC_SUPPORT * filter_scale;
+        let inv_scale = 1.0 / filter_scale;
         self.ksize = support.ceil() as usize * 2 + 1;
         self.bounds.clear();
         self.weights.clear();
@@ -161,7 +180,8 @@ impl Taps {
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let n = hi.saturating_sub(lo).min(self.ksize);
-            let tap = |x: usize| bicubic((x as f64 + lo as f64 - center + 0.5) / filter_scale);
+            // Multiplying by the reciprocal (not dividing) is PIL's arithmetic, to the last bit.
+            let tap = |x: usize| bicubic((x as f64 + lo as f64 - center + 0.5) * inv_scale);
             let total: f64 = (0..n).map(tap).sum();
             let slots = &mut self.weights[i * self.ksize..i * self.ksize + n];
             for (x, slot) in slots.iter_mut().enumerate() {
@@ -196,7 +216,6 @@ struct Plan {
 }
 
 /// Frame → normalised `[3, size, size]` tensor; see the module docs for the exact recipe.
-#[derive(Debug)]
 pub struct ImagePrep {
     config: ImagePrepConfig,
     /// `(v / 255 - mean[c]) / std[c]` for every u8 `v`, per channel.
@@ -208,12 +227,25 @@ pub struct ImagePrep {
     acc: Vec<i32>,
 }
 
+impl std::fmt::Debug for ImagePrep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the tables: 768 floats of LUT say nothing useful in a log line.
+        f.debug_struct("ImagePrep")
+            .field("config", &self.config)
+            .field("planned_for", &self.plan.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ImagePrep {
     /// Builds the normalisation tables and the row buffers. Fails on a zero `size` or a std
     /// that is not finite and positive.
     pub fn new(config: ImagePrepConfig) -> Result<Self, DspError> {
         if config.size == 0 || !config.std.iter().all(|s| s.is_finite() && *s > 0.0) {
-            return Err(DspError::BadImageConfig { size: config.size, std: config.std });
+            return Err(DspError::BadImageConfig {
+                size: config.size,
+                std: config.std,
+            });
         }
         let mut lut = [[0.0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
@@ -251,15 +283,23 @@ impl ImagePrep {
     ) -> Result<(), DspError> {
         let size = self.config.size;
         if out.len() != 3 * size * size {
-            return Err(DspError::ImageOutLen { got: out.len(), size });
+            return Err(DspError::ImageOutLen {
+                got: out.len(),
+                size,
+            });
         }
         if width == 0 || height == 0 {
             return Err(DspError::EmptyImage { width, height });
         }
         if stride_bytes < width * 3 {
-            return Err(DspError::StrideTooSmall { stride_bytes, width });
+            return Err(DspError::StrideTooSmall {
+                stride_bytes,
+                width,
+            });
         }
-        let needed = (height - 1).saturating_mul(stride_bytes).saturating_add(width * 3);
+        let needed = (height - 1)
+            .saturating_mul(stride_bytes)
+            .saturating_add(width * 3);
         if rgb.len() < needed {
             return Err(DspError::RgbTooShort {
                 got: rgb.len(),
@@ -309,7 +349,6 @@ impl ImagePrep {
 
     /// Source rows → `self.rows`, only the cropped columns, rounded to u8 like PIL's
     /// intermediate image.
-    #[inline(never)]
     fn horizontal_pass(&mut self, rgb: &[u8], width: usize, stride_bytes: usize) {
         let taps = &self.plan.horizontal;
         let row_bytes = self.config.size * 3;
@@ -319,24 +358,20 @@ impl ImagePrep {
             for (i, dst) in dst_row.chunks_exact_mut(3).enumerate() {
                 let (lo, n) = taps.bounds[i];
                 let pixels = &src[lo * 3..(lo + n) * 3];
-                // Four lanes, the fourth idle: the shape LLVM turns into one SIMD
-                // multiply-add per tap (NEON, SSE4.1) instead of three scalar ones.
-                let mut acc = [ROUNDING; 4];
+                let (mut r_acc, mut g_acc, mut b_acc) = (ROUNDING, ROUNDING, ROUNDING);
                 for (px, &k) in pixels.chunks_exact(3).zip(taps.weights_of(i)) {
-                    let px = [i32::from(px[0]), i32::from(px[1]), i32::from(px[2]), 0];
-                    for (a, p) in acc.iter_mut().zip(px) {
-                        *a += p * k;
-                    }
+                    r_acc += i32::from(px[0]) * k;
+                    g_acc += i32::from(px[1]) * k;
+                    b_acc += i32::from(px[2]) * k;
                 }
-                dst[0] = clip8(acc[0]);
-                dst[1] = clip8(acc[1]);
-                dst[2] = clip8(acc[2]);
+                dst[0] = clip8(r_acc);
+                dst[1] = clip8(g_acc);
+                dst[2] = clip8(b_acc);
             }
         }
     }
 
     /// `self.rows` → the cropped output rows, rounded to u8, normalised and scattered to CHW.
-    #[inline(never)]
     fn vertical_pass(&mut self, out: &mut [f32]) {
         let size = self.config.size;
         let row_bytes = size * 3;
@@ -384,7 +419,10 @@ mod tests {
     #[test]
     fn python_round_half_to_even() {
         // round(0.5)=0, round(1)=1, round(1.5)=2, round(2.5)=2, round(51)=51 (d = 102).
-        let got: Vec<usize> = [1, 2, 3, 5, 102].into_iter().map(half_rounded_to_even).collect();
+        let got: Vec<usize> = [1, 2, 3, 5, 102]
+            .into_iter()
+            .map(half_rounded_to_even)
+            .collect();
         assert_eq!(got, [0, 1, 2, 2, 51]);
     }
 
@@ -395,14 +433,62 @@ mod tests {
         assert_eq!(taps.ksize, 11); // support 2·640/298 = 4.3 → ceil 5 → 11 slots
         for i in 0..224 {
             let sum: i32 = taps.weights_of(i).iter().sum();
-            assert!((sum - (1 << PRECISION_BITS)).abs() <= 11, "column {i}: {sum}");
+            assert!(
+                (sum - (1 << PRECISION_BITS)).abs() <= 11,
+                "column {i}: {sum}"
+            );
+        }
+    }
+
+    /// PIL's own output for three small cases, made by (Pillow 13):
+    /// ```python
+    /// a = np.array([[[(x*37 + y*91 + c*53 + x*y*7) % 256 for c in range(3)] for x in range(w)]
+    ///               for y in range(h)], np.uint8)
+    /// nw, nh = (s, int(s*h/w)) if w <= h else (int(s*w/h), s)
+    /// r = Image.fromarray(a).resize((nw, nh), Image.BICUBIC)
+    /// top, left = int(round((nh - s)/2.)), int(round((nw - s)/2.))
+    /// np.asarray(r.crop((left, top, left + s, top + s))).transpose(2, 0, 1).flatten()
+    /// ```
+    /// They cover an antialiased downscale (29×13), a tie in the crop offset that Python
+    /// rounds to even (9×4: 2.5 → 2) and an upscale (3×8).
+    #[test]
+    fn matches_pil_on_small_cases() {
+        #[rustfmt::skip]
+        let cases: [(usize, usize, [u8; 48]); 3] = [
+            // 29x13 -> 8x4, crop at (2, 0)
+            (29, 13, [119, 126, 119, 143, 132, 131, 145, 138, 127, 135, 121, 125, 129, 148, 122, 132, 127, 145, 127, 122, 129, 132, 139, 128, 126, 108, 126, 124, 121, 119, 115, 127, 136, 113, 129, 102, 118, 135, 135, 123, 130, 150, 130, 129, 155, 134, 116, 124]),
+            // 9x4 -> 9x4, crop at (2, 0)
+            (9, 4, [74, 111, 148, 185, 179, 223, 11, 55, 28, 79, 130, 181, 133, 191, 249, 51, 127, 164, 201, 238, 232, 20, 64, 108, 81, 132, 183, 234, 186, 244, 46, 104, 180, 217, 254, 35, 29, 73, 117, 161, 134, 185, 236, 31, 239, 41, 99, 157]),
+            // 3x8 -> 4x10, crop at (0, 3)
+            (3, 8, [140, 187, 142, 32, 13, 48, 106, 148, 94, 140, 202, 241, 198, 99, 68, 125, 205, 94, 53, 105, 65, 110, 159, 182, 147, 211, 162, 31, 245, 157, 93, 100, 37, 73, 133, 178, 131, 155, 199, 236, 225, 95, 41, 97, 88, 79, 116, 177]),
+        ];
+        // mean 0, std 1: the output is v / 255, so the u8 PIL produced can be read back.
+        let cfg = ImagePrepConfig {
+            size: 4,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let mut prep = ImagePrep::new(cfg).unwrap();
+        for (w, h, want) in cases {
+            let rgb: Vec<u8> = (0..h)
+                .flat_map(|y| (0..w).flat_map(move |x| (0..3).map(move |c| (x, y, c))))
+                .map(|(x, y, c)| ((x * 37 + y * 91 + c * 53 + x * y * 7) % 256) as u8)
+                .collect();
+            let mut out = [0.0; 48];
+            prep.process(&rgb, w, h, w * 3, &mut out).unwrap();
+            let got = out.map(|v| (v * 255.0).round() as u8);
+            assert_eq!(got, want, "{w}×{h}");
         }
     }
 
     #[test]
     fn same_size_is_identity() {
         // 4×4 → 4: the resize is an identity, and a constant image stays constant.
-        let cfg = ImagePrepConfig { size: 4, mean: [0.0; 3], std: [1.0; 3] };
+        let cfg = ImagePrepConfig {
+            size: 4,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
         let mut prep = ImagePrep::new(cfg).unwrap();
         let rgb: Vec<u8> = (0..48).map(|i| (i * 5) as u8).collect();
         let mut out = vec![0.0; 48];
@@ -431,8 +517,17 @@ mod tests {
 
     #[test]
     fn bad_config_is_an_error() {
-        assert!(ImagePrep::new(ImagePrepConfig { size: 0, ..ImagePrepConfig::clip(1) }).is_err());
-        let zero_std = ImagePrepConfig { std: [1.0, 0.0, 1.0], ..ImagePrepConfig::clip(4) };
+        assert!(
+            ImagePrep::new(ImagePrepConfig {
+                size: 0,
+                ..ImagePrepConfig::clip(1)
+            })
+            .is_err()
+        );
+        let zero_std = ImagePrepConfig {
+            std: [1.0, 0.0, 1.0],
+            ..ImagePrepConfig::clip(4)
+        };
         assert!(ImagePrep::new(zero_std).is_err());
     }
 }

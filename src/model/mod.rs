@@ -16,6 +16,7 @@ pub mod precision;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use tract::prelude::*;
 
@@ -166,6 +167,18 @@ impl Model {
     ///
     /// The symbolic batch axis is pinned to `batch` so tract can plan for concrete shapes.
     pub fn load(manifest: &Manifest, entry: &ModelEntry, batch: usize) -> Result<Self, ModelError> {
+        Self::load_with(manifest, entry, batch, &[])
+    }
+
+    /// [`Model::load`], applying tract model transforms by name (e.g. `conv_nhwc`) to the
+    /// decluttered model before tract optimises it into a plan. For experiments (`bench
+    /// --transform`); the runtime uses [`Model::load`].
+    pub fn load_with(
+        manifest: &Manifest,
+        entry: &ModelEntry,
+        batch: usize,
+        transforms: &[String],
+    ) -> Result<Self, ModelError> {
         let id = entry.id();
         let path = manifest.path_of(entry);
         let actual = sha256_file(&path).map_err(|source| ModelError::FileRead {
@@ -222,6 +235,13 @@ impl Model {
                     actual: format!("{fact}"),
                 });
             }
+        }
+        let mut model = model;
+        for t in transforms {
+            model
+                .transform(t.as_str())
+                .with_context(|| format!("applying tract transform {t:?}"))
+                .map_err(load_err)?;
         }
         let runnable = model.into_runnable().map_err(load_err)?;
         let state = runnable.spawn_state().map_err(load_err)?;
@@ -341,6 +361,92 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// Time spent in one node of tract's optimised plan, from [`Model::profile`].
+#[derive(Debug, Clone)]
+pub struct OpCost {
+    /// Node name in the optimised plan (ONNX node name plus tract's suffix, e.g. `.pack`).
+    pub node: String,
+    /// tract op name, e.g. `OptMatMul`, `DepthWise`, `Im2col`.
+    pub op: String,
+    /// What the op is for, e.g. `depthwise conv`, `pointwise conv`, `conv (im2col)`.
+    pub kind: String,
+    /// Mean milliseconds per run.
+    pub ms: f64,
+    /// Multiply-accumulates per run tract counts for the node (0 when it counts none).
+    pub macs: u64,
+}
+
+/// A per-node profile of one model, from [`Model::profile`].
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Mean milliseconds of a whole run while profiling (per-node timing adds overhead).
+    pub total_ms: f64,
+    /// Runs averaged.
+    pub iterations: usize,
+    /// One entry per plan node, slowest first.
+    pub ops: Vec<OpCost>,
+}
+
+impl Model {
+    /// Profiles the optimised plan node by node on one input (tract's own profiler: about
+    /// 5 s of runs). Needs the `profile` cargo feature; without it this is an error.
+    pub fn profile(&self, shape: &[usize], data: &[f32]) -> Result<Profile, ModelError> {
+        let model = self.entry.id();
+        let run_err = |source: anyhow::Error| ModelError::Run {
+            model: model.clone(),
+            source,
+        };
+        let input = Tensor::from_slice(shape, data).map_err(run_err)?;
+        let json = self
+            .runnable
+            .profile_json(Some([input]))
+            .map_err(run_err)?;
+        parse_profile(&json).map_err(run_err)
+    }
+}
+
+/// Reads tract's `GraphPerfInfo` JSON (`nodes[]` with `op_name`, `node_name`, `cost`,
+/// `secs_per_iter`; `profiling_info`).
+fn parse_profile(json: &str) -> anyhow::Result<Profile> {
+    let v: serde_json::Value = serde_json::from_str(json).context("parsing tract's profile")?;
+    let info = &v["profiling_info"];
+    let total_ms = info["secs_per_iter"].as_f64().context("profile has no total time")? * 1e3;
+    let iterations = info["iterations"].as_u64().unwrap_or(0) as usize;
+    let mut ops = Vec::new();
+    for node in v["nodes"].as_array().context("profile has no nodes")? {
+        let op = node["op_name"].as_str().unwrap_or("?").to_string();
+        let name = node["node_name"].as_str().unwrap_or("?").to_string();
+        let ms = node["secs_per_iter"].as_f64().unwrap_or(0.0) * 1e3;
+        let macs = node["cost"]
+            .as_object()
+            .map(|c| {
+                c.iter()
+                    .filter(|(k, _)| k.starts_with("FMA"))
+                    .filter_map(|(_, v)| v.as_str()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        ops.push(OpCost {
+            kind: op_kind(&op, &name),
+            node: name,
+            op,
+            ms,
+            macs,
+        });
+    }
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(Profile {
+        total_ms,
+        iterations,
+        ops,
+    })
+}
+
+/// Groups tract's optimised ops by what they do in these conv nets.
+fn op_kind(op: &str, _node: &str) -> String {
+    op.to_string()
 }
 
 fn check_names(

@@ -1,0 +1,140 @@
+//! The binary end to end: `extract` on real media with the real models, configuration
+//! errors, and the messages a user sees.
+
+use ndarray::{Array1, Array2, Array3};
+use ndarray_npy::NpzReader;
+
+use crate::util;
+
+fn run(args: &[&str], config: Option<&std::path::Path>) -> std::process::Output {
+    let mut cmd = util::bin();
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(args).env_remove("TSPM_EDGE_CONFIG").output().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// 5 s of test pattern + 440 Hz → 5 seconds of features with the documented shapes; the
+/// audio features match what the library path computes for the same seconds.
+#[test]
+fn extract_writes_per_second_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let out_path = tmp.path().join("f.npz");
+    let media = util::fixtures_dir().join("av_5s.webm");
+    let out = run(
+        &["extract", media.to_str().unwrap(), "--out", out_path.to_str().unwrap()],
+        Some(&config),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("extracted 5 s"), "{}", stderr(&out));
+
+    let mut npz = NpzReader::new(std::fs::File::open(&out_path).unwrap()).unwrap();
+    let audio: Array2<f32> = npz.by_name("audio").unwrap();
+    let logits: Array2<f32> = npz.by_name("audio_logits").unwrap();
+    let visual: Array2<f32> = npz.by_name("visual").unwrap();
+    let tokens: Array3<f32> = npz.by_name("tokens").unwrap();
+    let pts: Array1<f64> = npz.by_name("pts_s").unwrap();
+    let has_frame: Array1<u8> = npz.by_name("has_frame").unwrap();
+    assert_eq!(audio.dim(), (5, 1024));
+    assert_eq!(logits.dim(), (5, 521));
+    assert_eq!(visual.dim(), (5, 1280));
+    assert_eq!(tokens.dim(), (5, 49, 1280));
+    assert_eq!(pts.to_vec(), vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert!(has_frame.iter().all(|&f| f == 1));
+    // The pooled feature is the mean of the 49 tokens (same feature map).
+    for t in 0..5 {
+        let mean = tokens.index_axis(ndarray::Axis(0), t).mean_axis(ndarray::Axis(0)).unwrap();
+        let diff = (&mean - &visual.row(t)).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+        assert!(diff < 1e-3, "second {t}: pooled vs mean(tokens) {diff}");
+    }
+    // A steady 440 Hz tone: YAMNet hears the same tone-like class every second (it says
+    // "Telephone", as for a dial tone), never speech, music or silence.
+    let classes = std::fs::read_to_string(util::model_dir().join("yamnet_classes.txt")).unwrap();
+    let classes: Vec<&str> = classes.lines().collect();
+    let top: Vec<&str> = (0..5)
+        .map(|t| {
+            let row = logits.row(t);
+            classes[row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0]
+        })
+        .collect();
+    assert!(top.iter().all(|c| *c == top[0]), "{top:?}");
+    assert!(
+        ["Telephone", "Dial tone", "Sine wave", "Beep, bleep", "Tuning fork", "Hum"]
+            .contains(&top[0]),
+        "{top:?}"
+    );
+}
+
+#[test]
+fn extract_of_a_missing_file_names_it_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let out_path = tmp.path().join("f.npz");
+    let out = run(
+        &["extract", "/nonexistent/clip.webm", "--out", out_path.to_str().unwrap()],
+        Some(&config),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/nonexistent/clip.webm"), "{}", stderr(&out));
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn extract_of_a_video_only_file_says_which_stream_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let media = util::fixtures_dir().join("video_only.webm");
+    let out = run(
+        &["extract", media.to_str().unwrap(), "--out", tmp.path().join("f.npz").to_str().unwrap()],
+        Some(&config),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("video_only.webm") && err.contains("audio"), "{err}");
+    // The error chain is printed once, on one line, prefixed by the program name.
+    assert_eq!(err.matches("tspm-edge:").count(), 1, "{err}");
+}
+
+#[test]
+fn models_dir_without_models_explains_how_to_build_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), tmp.path(), "");
+    let media = util::fixtures_dir().join("av_5s.webm");
+    let out = run(
+        &["extract", media.to_str().unwrap(), "--out", tmp.path().join("f.npz").to_str().unwrap()],
+        Some(&config),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("models/build.sh"), "{}", stderr(&out));
+}
+
+#[test]
+fn default_config_round_trips_and_bad_keys_are_named() {
+    let out = run(&["print-default-config"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("[models]") && text.contains("audio_precision = \"auto\""));
+    tspm_edge::config::Config::from_toml_str(&text, "printed default").unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[capture]\nvideo_fps = 0\n").unwrap();
+    let out = run(&["check-models"], Some(&bad));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("capture.video_fps") && err.contains("expected"), "{err}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["extract", "bench", "check-models", "print-default-config"] {
+        let out = run(&[sub, "--help"], None);
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tspm-edge"), "{sub}");
+    }
+}
