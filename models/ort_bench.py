@@ -2,8 +2,9 @@
 
     python models/ort_bench.py DIR [--threads 1] [--runs 50] [--warmup 5]
 
-Prints one JSON object on stdout: {"yamnet.fp32": median_ms, "yamnet.int8": ..., 
-"efficientnet_lite0.fp32": ..., "efficientnet_lite0.int8": ...}. Inputs are the first row of
+Prints one JSON object on stdout: {"yamnet.fp32": median_ms, "yamnet.int8": ...,
+"efficientnet_lite0.fp32": ..., "efficientnet_lite0.int8": ...}, one key per model file listed
+in DIR/manifest.toml (name.precision). Inputs are the first row of
 DIR/check_inputs.npz (real data) when present, else zeros. Progress goes to stderr.
 """
 
@@ -35,6 +36,19 @@ def bench(path, name, x, threads, runs, warmup):
     return float(np.median(times))
 
 
+def variants(d, model):
+    """(precision, path) of every file of `model`: from DIR/manifest.toml when there is one (so a
+    directory of experimental variants, e.g. from int8_pointwise.py, is timed too), else the
+    two standard file names."""
+    mf = os.path.join(d, "manifest.toml")
+    if os.path.exists(mf):
+        import tomllib
+        with open(mf, "rb") as f:
+            entries = tomllib.load(f).get("model", [])
+        return [(m["precision"], os.path.join(d, m["file"])) for m in entries if m["name"] == model]
+    return [(p, os.path.join(d, f"{model}.{p}.onnx")) for p in ("fp32", "int8")]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir")
@@ -47,8 +61,7 @@ def main():
     out = {}
     for model, name, shape in MODELS:
         x = data[name][:1] if data is not None else np.zeros(shape, np.float32)
-        for precision in ("fp32", "int8"):
-            path = os.path.join(args.dir, f"{model}.{precision}.onnx")
+        for precision, path in variants(args.dir, model):
             if not os.path.exists(path):
                 print(f"[ort_bench] missing {path}", file=sys.stderr)
                 continue

@@ -163,10 +163,11 @@ impl Config {
     /// Parses `text` (named `origin` in errors), merged over the built-in default.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let parse = |s: &str, origin: &str| {
-            s.parse::<toml::Table>().map_err(|source| ConfigError::Parse {
-                origin: origin.to_string(),
-                source: Box::new(source),
-            })
+            s.parse::<toml::Table>()
+                .map_err(|source| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    source: Box::new(source),
+                })
         };
         let mut merged = parse(DEFAULT_CONFIG, "built-in default")?;
         let user = parse(text, origin)?;
@@ -198,7 +199,10 @@ impl Config {
             }
             ModelsConfig {
                 dir,
-                audio_precision: PrecisionChoice::parse("models.audio_precision", &m.audio_precision)?,
+                audio_precision: PrecisionChoice::parse(
+                    "models.audio_precision",
+                    &m.audio_precision,
+                )?,
                 visual_precision: PrecisionChoice::parse(
                     "models.visual_precision",
                     &m.visual_precision,
@@ -316,9 +320,15 @@ mod tests {
     fn out_of_range_values_name_the_key() {
         for (text, key) in [
             ("[capture]\nvideo_fps = 0\n", "capture.video_fps"),
-            ("[capture]\nmax_video_side_px = 100\n", "capture.max_video_side_px"),
+            (
+                "[capture]\nmax_video_side_px = 100\n",
+                "capture.max_video_side_px",
+            ),
             ("[logging]\nlevel = \"loud\"\n", "logging.level"),
-            ("[models]\nint8_min_cosine = 2.0\n", "models.int8_min_cosine"),
+            (
+                "[models]\nint8_min_cosine = 2.0\n",
+                "models.int8_min_cosine",
+            ),
         ] {
             let msg = Config::from_toml_str(text, "t").unwrap_err().to_string();
             assert!(msg.contains(key), "{text} -> {msg}");

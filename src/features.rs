@@ -82,7 +82,8 @@ impl FeatureSet {
         let write = |npz: &mut NpzWriter<std::fs::File>| -> anyhow::Result<()> {
             npz.add_array(
                 "audio",
-                &Array2::from_shape_vec((t, AUDIO_DIM), self.audio.clone()).with_context(shape_err)?,
+                &Array2::from_shape_vec((t, AUDIO_DIM), self.audio.clone())
+                    .with_context(shape_err)?,
             )?;
             npz.add_array(
                 "audio_logits",

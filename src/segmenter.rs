@@ -139,8 +139,9 @@ pub struct SegmenterConfig {
 
 impl Default for SegmenterConfig {
     fn default() -> Self {
-        // 4 s is more than decodebin's multiqueue lets one stream run ahead of the other
-        // when decoding a file, so files never hit the forced path.
+        // Capture in file mode keeps the two streams within 2 s of each other (plus one
+        // frame interval), so files never hit the forced path; live streams that drift
+        // further apart than 4 s have a problem worth counting.
         SegmenterConfig {
             max_lead_segments: 4,
             // 1 ms.
@@ -290,7 +291,11 @@ impl Segmenter {
             let mid = k * SEGMENT_NS + SEGMENT_NS / 2;
             let dist = |f: &Frame| f.pts.0.abs_diff(mid);
             let slot = &self.pending[i];
-            let becomes_best = slot.seg.frame.as_ref().is_none_or(|b| dist(frame) < dist(b));
+            let becomes_best = slot
+                .seg
+                .frame
+                .as_ref()
+                .is_none_or(|b| dist(frame) < dist(b));
             if becomes_best {
                 // Frames come in pts order, so the new best is also the latest of the
                 // second: the separate `latest` is no longer needed.
@@ -511,7 +516,8 @@ enum AudioInput<'a> {
 /// `round(pts_ns · 16 000 / 10⁹)`, in 128 bits so that no stream is too long.
 fn sample_position(pts: Pts) -> u64 {
     let ns = u128::from(pts.0);
-    let pos = (ns * u128::from(SAMPLE_RATE_HZ) + u128::from(SEGMENT_NS / 2)) / u128::from(SEGMENT_NS);
+    let pos =
+        (ns * u128::from(SAMPLE_RATE_HZ) + u128::from(SEGMENT_NS / 2)) / u128::from(SEGMENT_NS);
     u64::try_from(pos).expect("a position in samples is smaller than the same time in ns")
 }
 
@@ -554,7 +560,10 @@ mod tests {
         assert_eq!(sample_position(Pts(Pts::SECOND_NS)), 16_000);
         // A year of stream time.
         let year_s = 365 * 24 * 3600;
-        assert_eq!(sample_position(Pts(year_s * Pts::SECOND_NS)), year_s * 16_000);
+        assert_eq!(
+            sample_position(Pts(year_s * Pts::SECOND_NS)),
+            year_s * 16_000
+        );
     }
 
     #[test]
@@ -735,11 +744,17 @@ mod tests {
 
     #[test]
     fn audio_far_ahead_of_video_forces_segments_out() {
-        let cfg = SegmenterConfig { max_lead_segments: 2, ..SegmenterConfig::default() };
+        let cfg = SegmenterConfig {
+            max_lead_segments: 2,
+            ..SegmenterConfig::default()
+        };
         let mut s = Segmenter::new(cfg);
         s.push_frame(&frame(500));
         s.push_audio(Pts(0), &[0.0; 3 * SEGMENT_SAMPLES]);
-        assert!(s.pop().is_none(), "seconds 0..3 fit in the lead and wait for video");
+        assert!(
+            s.pop().is_none(),
+            "seconds 0..3 fit in the lead and wait for video"
+        );
         s.push_audio(pts_of(3 * SEGMENT_SAMPLES as u64), &[0.0; 100]);
         let seg = s.pop().expect("second 0 forced out");
         assert_eq!(seg.index, 0);
@@ -752,7 +767,10 @@ mod tests {
 
     #[test]
     fn video_far_ahead_of_audio_is_dropped() {
-        let cfg = SegmenterConfig { max_lead_segments: 1, ..SegmenterConfig::default() };
+        let cfg = SegmenterConfig {
+            max_lead_segments: 1,
+            ..SegmenterConfig::default()
+        };
         let mut s = Segmenter::new(cfg);
         s.push_frame(&frame(500));
         s.push_frame(&frame(1_500));
@@ -765,7 +783,10 @@ mod tests {
         assert_eq!(segs.len(), 2);
         s.end_video();
         segs.extend(drain(&mut s));
-        let pts: Vec<_> = segs.iter().map(|g| g.frame.as_ref().expect("frame").pts).collect();
+        let pts: Vec<_> = segs
+            .iter()
+            .map(|g| g.frame.as_ref().expect("frame").pts)
+            .collect();
         assert_eq!(pts, [Pts(500 * MS), Pts(1_500 * MS), Pts(1_500 * MS)]);
     }
 
@@ -775,7 +796,10 @@ mod tests {
         s.end_video();
         for i in 0..10u64 {
             s.push_frame(&frame(i * 1_000 + 500));
-            s.push_audio(pts_of(i * SEGMENT_SAMPLES as u64), &[i as f32; SEGMENT_SAMPLES]);
+            s.push_audio(
+                pts_of(i * SEGMENT_SAMPLES as u64),
+                &[i as f32; SEGMENT_SAMPLES],
+            );
             let seg = s.pop().expect("complete");
             assert_eq!(seg.index, i);
             assert!(seg.audio.iter().all(|&v| v == i as f32));

@@ -64,11 +64,11 @@ fn capture(source: Source, cfg: CaptureConfig) -> Result<Run, CaptureError> {
             segmenter: SegmenterStats::default(),
             capture: CaptureStats::default(),
         };
-        let (mut audio_at, mut video_at) = (0i128, 0i128);
+        let mut video_at = 0i128;
         for item in capture.iter() {
             match item? {
                 Captured::Audio { pts, samples } => {
-                    audio_at = i128::from(pts.0);
+                    let audio_at = i128::from(pts.0);
                     if !run.ends.contains(&StreamKind::Video) {
                         run.max_audio_lead_ns = run.max_audio_lead_ns.max(audio_at - video_at);
                     }
@@ -103,12 +103,18 @@ fn file(name: &str) -> Source {
 }
 
 fn testsrc(audio: &str, video: &str) -> Source {
-    Source::Pipelines { audio: audio.to_owned(), video: video.to_owned() }
+    Source::Pipelines {
+        audio: audio.to_owned(),
+        video: video.to_owned(),
+    }
 }
 
 /// Sign changes in one second of audio: twice the frequency of a pure tone.
 fn zero_crossings(audio: &[f32]) -> usize {
-    audio.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count()
+    audio
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count()
 }
 
 fn rms(audio: &[f32]) -> f32 {
@@ -118,7 +124,11 @@ fn rms(audio: &[f32]) -> f32 {
 /// A 440 Hz tone crosses zero 880 times a second; resampling must not move it.
 fn assert_440_hz(seg: &Segment) {
     let zc = zero_crossings(&seg.audio);
-    assert!((870..=890).contains(&zc), "segment {}: {zc} zero crossings, want ~880", seg.index);
+    assert!(
+        (870..=890).contains(&zc),
+        "segment {}: {zc} zero crossings, want ~880",
+        seg.index
+    );
 }
 
 fn pixel(frame: &Frame, x: u32, y: u32) -> [u8; 3] {
@@ -134,13 +144,21 @@ fn five_second_file_gives_five_full_segments() {
     assert_eq!(run.segments.len(), 5, "{:?}", run.segmenter);
     // 5.000 s of 440 Hz, decoded from Vorbis and resampled 48 kHz stereo → 16 kHz mono.
     let want = 5 * SAMPLE_RATE_HZ as usize;
-    assert!(run.audio_samples.abs_diff(want) <= 160, "{} samples, want ~{want}", run.audio_samples);
+    assert!(
+        run.audio_samples.abs_diff(want) <= 160,
+        "{} samples, want ~{want}",
+        run.audio_samples
+    );
     assert!(run.segmenter.gap_samples <= 160, "{:?}", run.segmenter);
     assert_eq!(run.segmenter.overlap_samples, 0);
     assert_eq!(run.ends.len(), 2, "both streams end: {:?}", run.ends);
     // File mode interleaves by time, so the segmenter never has to stop waiting for video,
     // however slowly VP8 decodes next to Vorbis.
-    assert!(run.max_audio_lead_ns <= 2_500_000_000, "audio led by {} ns", run.max_audio_lead_ns);
+    assert!(
+        run.max_audio_lead_ns <= 2_500_000_000,
+        "audio led by {} ns",
+        run.max_audio_lead_ns
+    );
     assert_eq!(run.segmenter.forced_segments, 0);
 
     for (i, seg) in run.segments.iter().enumerate() {
@@ -149,7 +167,10 @@ fn five_second_file_gives_five_full_segments() {
         // 2 fps: frames at i.0 and i.5 s; i.5 is the midpoint.
         let frame = seg.frame.as_ref().expect("every second has frames");
         assert!(!seg.frame_repeated);
-        assert_eq!(frame.pts, Pts(i as u64 * Pts::SECOND_NS + Pts::SECOND_NS / 2));
+        assert_eq!(
+            frame.pts,
+            Pts(i as u64 * Pts::SECOND_NS + Pts::SECOND_NS / 2)
+        );
         assert_eq!((frame.width_px, frame.height_px), (320, 240));
         assert!(frame.stride_bytes >= 3 * 320);
         assert!(frame.data.len() >= frame.stride_bytes * 239 + 3 * 320);
@@ -166,9 +187,18 @@ fn five_second_file_gives_five_full_segments() {
     let bar = |i: u32| pixel(frame, 320 * i / 7 + 20, 40);
     let (white, yellow, cyan, blue) = (bar(0), bar(1), bar(2), bar(6));
     assert!(white.iter().all(|&c| c >= 230), "white bar is {white:?}");
-    assert!(yellow[0] >= 230 && yellow[1] >= 230 && yellow[2] <= 30, "yellow bar is {yellow:?}");
-    assert!(cyan[0] <= 30 && cyan[1] >= 230 && cyan[2] >= 230, "cyan bar is {cyan:?}");
-    assert!(blue[0] <= 30 && blue[1] <= 30 && blue[2] >= 230, "blue bar is {blue:?}");
+    assert!(
+        yellow[0] >= 230 && yellow[1] >= 230 && yellow[2] <= 30,
+        "yellow bar is {yellow:?}"
+    );
+    assert!(
+        cyan[0] <= 30 && cyan[1] >= 230 && cyan[2] >= 230,
+        "cyan bar is {cyan:?}"
+    );
+    assert!(
+        blue[0] <= 30 && blue[1] <= 30 && blue[2] >= 230,
+        "blue bar is {blue:?}"
+    );
 }
 
 #[test]
@@ -176,7 +206,11 @@ fn stereo_44k_file_gives_16k_mono_segments() {
     let run = capture(file("av_44k_stereo.webm"), CaptureConfig::default()).unwrap();
     assert_eq!(run.segments.len(), 3, "{:?}", run.segmenter);
     let want = 3 * SAMPLE_RATE_HZ as usize;
-    assert!(run.audio_samples.abs_diff(want) <= 160, "{} samples, want ~{want}", run.audio_samples);
+    assert!(
+        run.audio_samples.abs_diff(want) <= 160,
+        "{} samples, want ~{want}",
+        run.audio_samples
+    );
     for seg in &run.segments {
         let frame = seg.frame.as_ref().expect("frame");
         assert_eq!((frame.width_px, frame.height_px), (160, 120));
@@ -185,10 +219,21 @@ fn stereo_44k_file_gives_16k_mono_segments() {
 }
 
 #[test]
+fn capture_can_move_to_the_engine_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Capture>();
+    assert_send::<CaptureError>();
+    assert_send::<Segmenter>();
+}
+
+#[test]
 fn missing_file_is_named() {
     let path = PathBuf::from("/nonexistent/dir/clip.webm");
     let err = Capture::start(&Source::File(path.clone()), &CaptureConfig::default()).unwrap_err();
-    assert!(matches!(&err, CaptureError::NotFound { path: p } if *p == path), "{err:?}");
+    assert!(
+        matches!(&err, CaptureError::NotFound { path: p } if *p == path),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), "/nonexistent/dir/clip.webm: no such file");
 }
 
@@ -197,7 +242,10 @@ fn video_only_file_says_audio_is_missing() {
     let err = capture(file("video_only.webm"), CaptureConfig::default()).unwrap_err();
     assert!(matches!(err, CaptureError::NoAudioStream { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("video_only.webm") && msg.contains("no audio stream"), "{msg}");
+    assert!(
+        msg.contains("video_only.webm") && msg.contains("no audio stream"),
+        "{msg}"
+    );
     assert!(msg.contains("both expected"), "{msg}");
 }
 
@@ -205,21 +253,34 @@ fn video_only_file_says_audio_is_missing() {
 fn audio_only_files_say_video_is_missing() {
     for name in ["audio_only.ogg", "audio_only.wav"] {
         let err = capture(file(name), CaptureConfig::default()).unwrap_err();
-        assert!(matches!(err, CaptureError::NoVideoStream { .. }), "{name}: {err:?}");
+        assert!(
+            matches!(err, CaptureError::NoVideoStream { .. }),
+            "{name}: {err:?}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains(name) && msg.contains("no video stream"), "{msg}");
+        assert!(
+            msg.contains(name) && msg.contains("no video stream"),
+            "{msg}"
+        );
     }
 }
 
 #[test]
 fn garbage_file_is_an_element_error() {
     let err = capture(file("garbage.webm"), CaptureConfig::default()).unwrap_err();
-    let CaptureError::Element { element, message, .. } = &err else {
+    let CaptureError::Element {
+        element, message, ..
+    } = &err
+    else {
         panic!("want an element error, got {err:?}");
     };
     assert_eq!(element, "decode");
     assert!(!message.is_empty());
-    assert!(err.to_string().starts_with("GStreamer element `decode` failed: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("GStreamer element `decode` failed: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -236,10 +297,15 @@ fn truncated_file_ends_without_hanging() {
 fn corrupt_file_is_an_error_not_a_hang() {
     // matroskademux reports "No pads created"; decodebin sometimes swallows that message (a
     // race in GStreamer 1.22), and then the stall timeout has to end the capture.
-    let cfg = CaptureConfig { stall_timeout: Some(Duration::from_secs(3)), ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        stall_timeout: Some(Duration::from_secs(3)),
+        ..CaptureConfig::default()
+    };
     for _ in 0..3 {
         match capture(file("corrupt.webm"), cfg.clone()) {
-            Err(CaptureError::Element { element, message, .. }) => {
+            Err(CaptureError::Element {
+                element, message, ..
+            }) => {
                 assert!(element.starts_with("matroskademux"), "{element}: {message}");
             }
             Err(CaptureError::Stalled { .. }) => {}
@@ -263,7 +329,10 @@ fn test_sources_give_segments_without_files() {
     // and a 0.3 s tail, which is below the 0.5 s rule and dropped.
     assert_eq!(run.segments.len(), 2, "{:?}", run.segmenter);
     let tail = run.segmenter.discarded_tail_samples;
-    assert!(tail.abs_diff(4_800) <= 16, "tail of {tail} samples, want ~4800");
+    assert!(
+        tail.abs_diff(4_800) <= 16,
+        "tail of {tail} samples, want ~4800"
+    );
     assert_440_hz(&run.segments[0]);
     let frame = run.segments[0].frame.as_ref().expect("frame");
     assert_eq!((frame.width_px, frame.height_px), (64, 48));
@@ -295,7 +364,10 @@ fn odd_sample_rates_are_resampled_to_16k_mono() {
 #[test]
 fn frames_are_scaled_down_to_the_maximum_size() {
     let cfg = CaptureConfig {
-        max_frame_size: Some(FrameSize { width_px: 160, height_px: 160 }),
+        max_frame_size: Some(FrameSize {
+            width_px: 160,
+            height_px: 160,
+        }),
         ..CaptureConfig::default()
     };
     let run = capture(file("av_5s.webm"), cfg).unwrap();
@@ -305,7 +377,10 @@ fn frames_are_scaled_down_to_the_maximum_size() {
 
     // Native size when it fits.
     let cfg = CaptureConfig {
-        max_frame_size: Some(FrameSize { width_px: 640, height_px: 640 }),
+        max_frame_size: Some(FrameSize {
+            width_px: 640,
+            height_px: 640,
+        }),
         ..CaptureConfig::default()
     };
     let run = capture(file("av_44k_stereo.webm"), cfg).unwrap();
@@ -315,10 +390,17 @@ fn frames_are_scaled_down_to_the_maximum_size() {
 
 #[test]
 fn video_rate_is_configurable() {
-    let cfg = CaptureConfig { video_fps: FrameRate { num: 5, den: 1 }, ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        video_fps: FrameRate { num: 5, den: 1 },
+        ..CaptureConfig::default()
+    };
     let run = capture(file("av_44k_stereo.webm"), cfg).unwrap();
     // 3 s at 5 fps.
-    assert!((15..=16).contains(&run.frames.len()), "{} frames", run.frames.len());
+    assert!(
+        (15..=16).contains(&run.frames.len()),
+        "{} frames",
+        run.frames.len()
+    );
     for w in run.frames.windows(2) {
         assert_eq!(w[1].pts.0 - w[0].pts.0, Pts::SECOND_NS / 5);
     }
@@ -329,18 +411,31 @@ fn video_rate_is_configurable() {
 
 #[test]
 fn file_mode_loses_nothing_through_a_tiny_channel() {
-    let cfg = CaptureConfig { channel_capacity: 1, ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        channel_capacity: 1,
+        ..CaptureConfig::default()
+    };
     let run = capture(file("av_5s.webm"), cfg).unwrap();
     assert_eq!(run.segments.len(), 5);
     assert_eq!(run.capture.audio_chunks, run.audio_chunks as u64);
     assert_eq!(run.capture.video_frames, run.frames.len() as u64);
-    assert_eq!((run.capture.dropped_audio_chunks, run.capture.dropped_video_frames), (0, 0));
+    assert_eq!(
+        (
+            run.capture.dropped_audio_chunks,
+            run.capture.dropped_video_frames
+        ),
+        (0, 0)
+    );
 }
 
 #[test]
 fn live_mode_drops_the_newest_and_counts() {
     let produced = within(LIMIT, || {
-        let cfg = CaptureConfig { mode: Mode::Live, channel_capacity: 4, ..CaptureConfig::default() };
+        let cfg = CaptureConfig {
+            mode: Mode::Live,
+            channel_capacity: 4,
+            ..CaptureConfig::default()
+        };
         let source = testsrc(
             "audiotestsrc num-buffers=50 samplesperbuffer=160",
             "videotestsrc num-buffers=20 ! video/x-raw,width=32,height=32,framerate=10/1",
@@ -369,8 +464,16 @@ fn live_mode_drops_the_newest_and_counts() {
     assert_eq!(stats.audio_chunks, 50);
     // Four slots for 50 chunks: almost all are dropped.
     assert!(stats.dropped_audio_chunks >= 40, "{stats:?}");
-    assert_eq!(audio + stats.dropped_audio_chunks, stats.audio_chunks, "{stats:?}");
-    assert_eq!(video + stats.dropped_video_frames, stats.video_frames, "{stats:?}");
+    assert_eq!(
+        audio + stats.dropped_audio_chunks,
+        stats.audio_chunks,
+        "{stats:?}"
+    );
+    assert_eq!(
+        video + stats.dropped_video_frames,
+        stats.video_frames,
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -382,7 +485,10 @@ fn stuck_pipeline_is_reported_not_waited_on() {
         ..CaptureConfig::default()
     };
     let err = capture(
-        testsrc("appsrc caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved", "videotestsrc"),
+        testsrc(
+            "appsrc caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved",
+            "videotestsrc",
+        ),
         cfg,
     )
     .unwrap_err();
@@ -397,7 +503,13 @@ fn bad_description_is_reported() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, CaptureError::Description { kind: StreamKind::Audio, .. }),
+        matches!(
+            &err,
+            CaptureError::Description {
+                kind: StreamKind::Audio,
+                ..
+            }
+        ),
         "{err:?}"
     );
 }

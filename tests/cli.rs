@@ -11,7 +11,10 @@ fn run(args: &[&str], config: Option<&std::path::Path>) -> std::process::Output 
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.args(args).env_remove("TSPM_EDGE_CONFIG").output().unwrap()
+    cmd.args(args)
+        .env_remove("TSPM_EDGE_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -27,7 +30,12 @@ fn extract_writes_per_second_features() {
     let out_path = tmp.path().join("f.npz");
     let media = util::fixtures_dir().join("av_5s.webm");
     let out = run(
-        &["extract", media.to_str().unwrap(), "--out", out_path.to_str().unwrap()],
+        &[
+            "extract",
+            media.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
         Some(&config),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -48,8 +56,13 @@ fn extract_writes_per_second_features() {
     assert!(has_frame.iter().all(|&f| f == 1));
     // The pooled feature is the mean of the 49 tokens (same feature map).
     for t in 0..5 {
-        let mean = tokens.index_axis(ndarray::Axis(0), t).mean_axis(ndarray::Axis(0)).unwrap();
-        let diff = (&mean - &visual.row(t)).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+        let mean = tokens
+            .index_axis(ndarray::Axis(0), t)
+            .mean_axis(ndarray::Axis(0))
+            .unwrap();
+        let diff = (&mean - &visual.row(t))
+            .mapv(f32::abs)
+            .fold(0.0f32, |a, &b| a.max(b));
         assert!(diff < 1e-3, "second {t}: pooled vs mean(tokens) {diff}");
     }
     // A steady 440 Hz tone: YAMNet hears the same tone-like class every second (it says
@@ -59,13 +72,25 @@ fn extract_writes_per_second_features() {
     let top: Vec<&str> = (0..5)
         .map(|t| {
             let row = logits.row(t);
-            classes[row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0]
+            classes[row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0]
         })
         .collect();
     assert!(top.iter().all(|c| *c == top[0]), "{top:?}");
     assert!(
-        ["Telephone", "Dial tone", "Sine wave", "Beep, bleep", "Tuning fork", "Hum"]
-            .contains(&top[0]),
+        [
+            "Telephone",
+            "Dial tone",
+            "Sine wave",
+            "Beep, bleep",
+            "Tuning fork",
+            "Hum"
+        ]
+        .contains(&top[0]),
         "{top:?}"
     );
 }
@@ -76,11 +101,20 @@ fn extract_of_a_missing_file_names_it_and_writes_nothing() {
     let config = util::write_config(tmp.path(), &util::model_dir(), "");
     let out_path = tmp.path().join("f.npz");
     let out = run(
-        &["extract", "/nonexistent/clip.webm", "--out", out_path.to_str().unwrap()],
+        &[
+            "extract",
+            "/nonexistent/clip.webm",
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
         Some(&config),
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/clip.webm"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/clip.webm"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!out_path.exists());
 }
 
@@ -90,12 +124,20 @@ fn extract_of_a_video_only_file_says_which_stream_is_missing() {
     let config = util::write_config(tmp.path(), &util::model_dir(), "");
     let media = util::fixtures_dir().join("video_only.webm");
     let out = run(
-        &["extract", media.to_str().unwrap(), "--out", tmp.path().join("f.npz").to_str().unwrap()],
+        &[
+            "extract",
+            media.to_str().unwrap(),
+            "--out",
+            tmp.path().join("f.npz").to_str().unwrap(),
+        ],
         Some(&config),
     );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("video_only.webm") && err.contains("audio"), "{err}");
+    assert!(
+        err.contains("video_only.webm") && err.contains("audio"),
+        "{err}"
+    );
     // The error chain is printed once, on one line, prefixed by the program name.
     assert_eq!(err.matches("tspm-edge:").count(), 1, "{err}");
 }
@@ -106,7 +148,12 @@ fn models_dir_without_models_explains_how_to_build_them() {
     let config = util::write_config(tmp.path(), tmp.path(), "");
     let media = util::fixtures_dir().join("av_5s.webm");
     let out = run(
-        &["extract", media.to_str().unwrap(), "--out", tmp.path().join("f.npz").to_str().unwrap()],
+        &[
+            "extract",
+            media.to_str().unwrap(),
+            "--out",
+            tmp.path().join("f.npz").to_str().unwrap(),
+        ],
         Some(&config),
     );
     assert!(!out.status.success());
@@ -127,7 +174,10 @@ fn default_config_round_trips_and_bad_keys_are_named() {
     let out = run(&["check-models"], Some(&bad));
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("capture.video_fps") && err.contains("expected"), "{err}");
+    assert!(
+        err.contains("capture.video_fps") && err.contains("expected"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,6 +185,9 @@ fn every_subcommand_has_help() {
     for sub in ["extract", "bench", "check-models", "print-default-config"] {
         let out = run(&[sub, "--help"], None);
         assert!(out.status.success(), "{sub} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tspm-edge"), "{sub}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: tspm-edge"),
+            "{sub}"
+        );
     }
 }

@@ -12,7 +12,9 @@ fn manifest() -> Manifest {
 
 fn load(name: &str, precision: &str) -> Model {
     let m = manifest();
-    let entry = m.find(name, precision).unwrap_or_else(|| panic!("{name}.{precision} built"));
+    let entry = m
+        .find(name, precision)
+        .unwrap_or_else(|| panic!("{name}.{precision} built"));
     Model::load(&m, entry, 1).unwrap()
 }
 
@@ -30,9 +32,16 @@ fn yamnet_fp32_matches_the_golden_embedding() {
     model.run(&[(&[1, 1, 96, 64], &data)]).unwrap();
     let emb = model.output_by_name("embedding").unwrap();
     let logits = model.output_by_name("logits").unwrap();
-    let max_emb = emb.iter().zip(want_emb.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    let max_logit =
-        logits.iter().zip(want_logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let max_emb = emb
+        .iter()
+        .zip(want_emb.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    let max_logit = logits
+        .iter()
+        .zip(want_logits.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(max_emb <= 1e-4, "embedding max abs diff {max_emb}");
     assert!(max_logit <= 1e-4, "logits max abs diff {max_logit}");
 }
@@ -51,7 +60,11 @@ fn waveform_to_embedding_matches_the_golden() {
     model.run(&[(&[1, 1, 96, 64], &patch)]).unwrap();
     let emb = model.output_by_name("embedding").unwrap();
     let cos = tspm_edge::model::check::cosine(emb, want.as_slice().unwrap());
-    let max = emb.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let max = emb
+        .iter()
+        .zip(want.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     // The patch itself is within 1e-4 of the golden; through the net that stays small.
     assert!(cos > 0.99999 && max < 1e-3, "cosine {cos}, max abs {max}");
 }
@@ -62,7 +75,10 @@ fn waveform_to_embedding_matches_the_golden() {
 fn tract_check_on_real_inputs() {
     let rows = tspm_edge::model::check::check_models(&util::model_dir()).unwrap();
     assert!(rows.iter().any(|r| r.model == "yamnet.fp32"), "{rows:?}");
-    assert!(rows.iter().any(|r| r.model == "efficientnet_lite0.fp32"), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.model == "efficientnet_lite0.fp32"),
+        "{rows:?}"
+    );
     for r in &rows {
         assert!(r.inputs >= 3, "{r:?}");
         if r.model.ends_with("fp32") {
@@ -76,7 +92,10 @@ fn tract_check_on_real_inputs() {
                 .map(|c| c.mean_cosine)
                 .unwrap_or(0.0);
             // tract must reproduce what onnxruntime measured at build time, within 0.01.
-            assert!(r.mean_cosine >= recorded - 0.01, "{r:?} vs build-time cosine {recorded}");
+            assert!(
+                r.mean_cosine >= recorded - 0.01,
+                "{r:?} vs build-time cosine {recorded}"
+            );
         }
     }
 }
@@ -101,7 +120,10 @@ fn corrupt_file_is_refused_by_checksum_naming_the_model() {
     let err = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err();
     assert!(matches!(err, ModelError::Checksum { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("yamnet.fp32") && msg.contains("sha256"), "{msg}");
+    assert!(
+        msg.contains("yamnet.fp32") && msg.contains("sha256"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -123,20 +145,38 @@ fn model_that_differs_from_the_manifest_names_tensor_and_shapes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = copy_model_dir(tmp.path());
     // Declare a 512-wide embedding: the file's 1024-wide output no longer fits the contract.
-    let entry = m.models.iter_mut().find(|e| e.id() == "yamnet.fp32").unwrap();
-    let out = entry.outputs.iter_mut().find(|o| o.name == "embedding").unwrap();
+    let entry = m
+        .models
+        .iter_mut()
+        .find(|e| e.id() == "yamnet.fp32")
+        .unwrap();
+    let out = entry
+        .outputs
+        .iter_mut()
+        .find(|o| o.name == "embedding")
+        .unwrap();
     out.shape[1] = tspm_edge::model::Dim::Fixed(512);
     let err = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Contract { .. }), "{err:?}");
-    assert!(msg.contains("yamnet.fp32") && msg.contains("embedding"), "{msg}");
+    assert!(
+        msg.contains("yamnet.fp32") && msg.contains("embedding"),
+        "{msg}"
+    );
     assert!(msg.contains("512") && msg.contains("1024"), "{msg}");
 
     // A renamed input is refused too.
     let mut m = copy_model_dir(tmp.path());
-    m.models.iter_mut().for_each(|e| e.inputs[0].name = "spectrogram".into());
-    let msg = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1).unwrap_err().to_string();
-    assert!(msg.contains("spectrogram") && msg.contains("logmel"), "{msg}");
+    m.models
+        .iter_mut()
+        .for_each(|e| e.inputs[0].name = "spectrogram".into());
+    let msg = Model::load(&m, m.find("yamnet", "fp32").unwrap(), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("spectrogram") && msg.contains("logmel"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -145,8 +185,14 @@ fn wrong_input_shape_is_refused_before_tract_with_names() {
     let data = vec![0.0f32; 64 * 96];
     let err = model.run(&[(&[1, 1, 64, 96], &data)]).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("yamnet.fp32") && msg.contains("logmel"), "{msg}");
-    assert!(msg.contains("[N, 1, 96, 64]") && msg.contains("[1, 1, 64, 96]"), "{msg}");
+    assert!(
+        msg.contains("yamnet.fp32") && msg.contains("logmel"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[N, 1, 96, 64]") && msg.contains("[1, 1, 64, 96]"),
+        "{msg}"
+    );
     // Too few values for the declared shape.
     let err = model.run(&[(&[1, 1, 96, 64], &data[..100])]).unwrap_err();
     assert!(err.to_string().contains("6144 values"), "{err}");
@@ -157,7 +203,10 @@ fn missing_manifest_tells_how_to_build() {
     let tmp = tempfile::tempdir().unwrap();
     let err = Manifest::load(tmp.path()).unwrap_err();
     let msg = format!("{:#}", anyhow::Error::from(err));
-    assert!(msg.contains("models/build.sh") && msg.contains("manifest.toml"), "{msg}");
+    assert!(
+        msg.contains("models/build.sh") && msg.contains("manifest.toml"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -192,7 +241,10 @@ fn auto_precision_is_measured_once_and_cached() {
     let first = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98).unwrap();
     assert!(first.reason.contains("ms"), "{}", first.reason);
     let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
-    assert!(cache.contains("[yamnet]") && cache.contains("fp32_ms"), "{cache}");
+    assert!(
+        cache.contains("[yamnet]") && cache.contains("fp32_ms"),
+        "{cache}"
+    );
     // Tamper with the cached timings: a second choice must read them instead of re-timing.
     let flipped = if first.entry.precision == "int8" {
         cache.replace("chosen = \"int8\"", "chosen = \"fp32\"")

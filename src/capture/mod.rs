@@ -45,15 +45,17 @@ use gstreamer::prelude::*;
 
 pub use error::{CaptureError, StreamKind};
 
-pub use crate::segmenter::Frame;
 use crate::pts::Pts;
+pub use crate::segmenter::Frame;
 
 /// Initialises GStreamer once per process; later calls return the first call's outcome.
 pub fn init() -> Result<(), CaptureError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
         .clone()
-        .map_err(|message| CaptureError::Init { source: message.into() })
+        .map_err(|message| CaptureError::Init {
+            source: message.into(),
+        })
 }
 
 /// Where the media comes from.
@@ -225,7 +227,10 @@ impl Capture {
             tx: data_tx,
             mode: cfg.mode,
             counters: Arc::clone(&counters),
-            pools: sink::Pools { audio: audio_pool_rx, frames: frame_pool_rx },
+            pools: sink::Pools {
+                audio: audio_pool_rx,
+                frames: frame_pool_rx,
+            },
             pacer: Arc::clone(&pacer),
         };
         let pipeline = pipeline::build(source, cfg, ctx, ctrl_tx.clone())?;
@@ -330,7 +335,10 @@ impl Capture {
 
     /// A handle that gives buffers back for reuse; usable while iterating.
     pub fn recycler(&self) -> Recycler {
-        Recycler { audio: self.audio_pool.clone(), frames: self.frame_pool.clone() }
+        Recycler {
+            audio: self.audio_pool.clone(),
+            frames: self.frame_pool.clone(),
+        }
     }
 }
 
@@ -360,7 +368,10 @@ impl Drop for Capture {
         // pacer and disconnecting the channel release it with an error, which stops its
         // stream. Only then can the pipeline go to NULL, which waits for the streaming threads.
         self.pacer.close();
-        drop(std::mem::replace(&mut self.data_rx, crossbeam_channel::never()));
+        drop(std::mem::replace(
+            &mut self.data_rx,
+            crossbeam_channel::never(),
+        ));
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }

@@ -32,7 +32,9 @@ fn make(factory: &str, name: &str) -> Result<gst::Element, CaptureError> {
     gst::ElementFactory::make(factory)
         .name(name)
         .build()
-        .map_err(|_| CaptureError::MissingElement { factory: factory.to_owned() })
+        .map_err(|_| CaptureError::MissingElement {
+            factory: factory.to_owned(),
+        })
 }
 
 /// Adds `elements` to `pipeline` and links them in order; returns the first one's sink pad.
@@ -41,7 +43,9 @@ fn add_chain(pipeline: &gst::Pipeline, elements: &[gst::Element]) -> gst::Pad {
         .add_many(elements)
         .expect("element names are unique in a fresh pipeline");
     gst::Element::link_many(elements).expect("converters link before caps are known");
-    elements[0].static_pad("sink").expect("converters have a static sink pad")
+    elements[0]
+        .static_pad("sink")
+        .expect("converters have a static sink pad")
 }
 
 /// The audio branch; returns its input pad.
@@ -147,7 +151,8 @@ fn add_description(
         .static_pad("src")
         .ok_or_else(|| invalid("it has no unlinked source pad".to_owned()))?;
     pipeline.add(&bin).expect("source bin names are unique");
-    src.link(target).map_err(|e| invalid(format!("cannot link it to the {kind} branch: {e}")))?;
+    src.link(target)
+        .map_err(|e| invalid(format!("cannot link it to the {kind} branch: {e}")))?;
     Ok(())
 }
 
@@ -174,7 +179,9 @@ fn add_file_source(
     pipeline
         .add_many([&filesrc, &decode])
         .expect("element names are unique in a fresh pipeline");
-    filesrc.link(&decode).expect("filesrc links to decodebin's always sink pad");
+    filesrc
+        .link(&decode)
+        .expect("filesrc links to decodebin's always sink pad");
 
     let streams = Arc::new(Mutex::new(Streams::default()));
 
@@ -216,7 +223,10 @@ fn add_file_source(
             *taken = true;
         }
         if let Err(e) = pad.link(target) {
-            let _ = link_ctrl.send(Control::Error(CaptureError::Link { kind, message: e.to_string() }));
+            let _ = link_ctrl.send(Control::Error(CaptureError::Link {
+                kind,
+                message: e.to_string(),
+            }));
         }
     });
 
@@ -233,7 +243,11 @@ fn add_file_source(
         let Some(kind) = missing else { return };
         let prefix = format!("{kind}/");
         let err = match streams.undecodable.iter().find(|c| c.starts_with(&prefix)) {
-            Some(caps) => CaptureError::MissingDecoder { path: path.clone(), kind, caps: caps.clone() },
+            Some(caps) => CaptureError::MissingDecoder {
+                path: path.clone(),
+                kind,
+                caps: caps.clone(),
+            },
             None if kind == StreamKind::Audio => CaptureError::NoAudioStream { path: path.clone() },
             None => CaptureError::NoVideoStream { path: path.clone() },
         };
@@ -244,7 +258,9 @@ fn add_file_source(
 
 /// Gives an unused decoded stream a fakesink, so it neither blocks nor stops the demuxer.
 fn discard_stream(pipeline: &gst::glib::WeakRef<gst::Pipeline>, pad: &gst::Pad) {
-    let Some(pipeline) = pipeline.upgrade() else { return };
+    let Some(pipeline) = pipeline.upgrade() else {
+        return;
+    };
     let Ok(sink) = gst::ElementFactory::make("fakesink")
         .property("sync", false)
         .property("async", false)

@@ -57,7 +57,9 @@ impl SinkCtx {
         item: Captured,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         // In file mode, wait here while this stream is too far ahead of the other.
-        self.pacer.advance(kind, pts.0).map_err(|_| gst::FlowError::Flushing)?;
+        self.pacer
+            .advance(kind, pts.0)
+            .map_err(|_| gst::FlowError::Flushing)?;
         match self.mode {
             Mode::File => self.tx.send(item).map_err(|_| gst::FlowError::Flushing)?,
             Mode::Live => match self.tx.try_send(item) {
@@ -87,7 +89,10 @@ impl SinkCtx {
 /// The running time of the sample's buffer, or `None` if it has no timestamp.
 fn running_time(sample: &gst::Sample, buffer: &gst::BufferRef) -> Option<u64> {
     let pts = buffer.pts()?;
-    let running = match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>()) {
+    let running = match sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+    {
         Some(segment) => segment.to_running_time(pts)?,
         None => pts,
     };
@@ -113,10 +118,17 @@ pub(super) fn install_audio(sink: &gst_app::AppSink, ctx: SinkCtx) {
                 samples.extend(map.as_slice().chunks_exact(4).map(|b| {
                     f32::from_le_bytes(b.try_into().expect("chunks_exact yields 4 bytes"))
                 }));
-                next_ns = pts_ns
-                    + samples.len() as u64 * Pts::SECOND_NS / u64::from(SAMPLE_RATE_HZ);
+                next_ns =
+                    pts_ns + samples.len() as u64 * Pts::SECOND_NS / u64::from(SAMPLE_RATE_HZ);
                 ctx.counters.audio_chunks.fetch_add(1, Ordering::Relaxed);
-                ctx.deliver(StreamKind::Audio, Pts(pts_ns), Captured::Audio { pts: Pts(pts_ns), samples })
+                ctx.deliver(
+                    StreamKind::Audio,
+                    Pts(pts_ns),
+                    Captured::Audio {
+                        pts: Pts(pts_ns),
+                        samples,
+                    },
+                )
             })
             .eos(move |_| eos_ctx.deliver_end(StreamKind::Audio))
             .build(),
@@ -133,8 +145,8 @@ pub(super) fn install_video(sink: &gst_app::AppSink, ctx: SinkCtx) {
                 let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let info =
-                    gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
+                let info = gst_video::VideoInfo::from_caps(caps)
+                    .map_err(|_| gst::FlowError::NotNegotiated)?;
                 // Reads the stride from the buffer's video meta if it has one.
                 let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
                     .map_err(|_| gst::FlowError::Error)?;

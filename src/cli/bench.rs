@@ -103,7 +103,9 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         width_px: w,
         height_px: h,
         stride_bytes: stride,
-        data: (0..stride * h as usize).map(|i| (i * 31 % 251) as u8).collect(),
+        data: (0..stride * h as usize)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect(),
     };
 
     eprintln!("bench: {} runs per stage, single thread", args.runs);
@@ -113,7 +115,11 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let batch = args.batch as usize;
     let mut tract_ms: BTreeMap<String, f64> = BTreeMap::new();
     for entry in &manifest.models {
-        if args.only.as_deref().is_some_and(|o| !entry.id().contains(o)) {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !entry.id().contains(o))
+        {
             continue;
         }
         let mut model = Model::load_with(&manifest, entry, batch, &args.transforms)
@@ -130,7 +136,11 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         let input: Vec<f32> = (0..shape.iter().product::<usize>())
             .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
             .collect();
-        let runs = if entry.precision == "int8" { args.runs.min(5) } else { args.runs };
+        let runs = if entry.precision == "int8" {
+            args.runs.min(5)
+        } else {
+            args.runs
+        };
         let ms = median_ms(runs, || Ok(model.run(&[(&shape, &input)])?))?;
         if batch > 1 {
             eprintln!(
@@ -168,15 +178,24 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         }
     };
 
-    println!("per one-second segment, single thread, median of {} runs", args.runs);
+    println!(
+        "per one-second segment, single thread, median of {} runs",
+        args.runs
+    );
     if batch > 1 {
         println!("tract encoders at batch {batch}: ms per item (run time / {batch})");
     }
     if !args.transforms.is_empty() {
         println!("tract transforms: {}", args.transforms.join(", "));
     }
-    println!("{:<34} {:>10} {:>12} {:>14}", "stage", "tract ms", "ort ms", "tract/ort");
-    println!("{:<34} {:>10.3} {:>12} {:>14}", "log-mel (0.975 s, 96x64)", logmel_ms, "-", "-");
+    println!(
+        "{:<34} {:>10} {:>12} {:>14}",
+        "stage", "tract ms", "ort ms", "tract/ort"
+    );
+    println!(
+        "{:<34} {:>10.3} {:>12} {:>14}",
+        "log-mel (0.975 s, 96x64)", logmel_ms, "-", "-"
+    );
     println!(
         "{:<34} {:>10.3} {:>12} {:>14}",
         format!("image prep ({w}x{h} -> 224)"),
@@ -203,12 +222,20 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     for c in featurizer.chosen() {
         let best_ort = ["fp32", "int8"]
             .iter()
-            .filter_map(|p| ort_ms.get(&format!("{}.{p}", c.entry.name)).map(|ms| (*p, *ms)))
+            .filter_map(|p| {
+                ort_ms
+                    .get(&format!("{}.{p}", c.entry.name))
+                    .map(|ms| (*p, *ms))
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1));
         if let (Some(t), Some((p, o))) = (tract_ms.get(&c.entry.id()), best_ort) {
             println!(
                 "headline {}: tract {} {:.2} ms / onnxruntime best ({p}) {:.2} ms = {:.2}",
-                c.entry.name, c.entry.precision, t, o, t / o
+                c.entry.name,
+                c.entry.precision,
+                t,
+                o,
+                t / o
             );
         }
     }
@@ -230,18 +257,19 @@ fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize)
         p.ops.len()
     );
     println!(
-        "  {:<44} {:<22} {:<18} {:>8} {:>6} {:>8} {:>7}",
+        "  {:<44} {:<22} {:<42} {:>8} {:>6} {:>8} {:>7}",
         "node", "op", "kind", "ms", "%", "MMAC", "GMAC/s"
     );
     for o in p.ops.iter().take(top) {
-        let node = if o.node.len() > 44 { &o.node[o.node.len() - 44..] } else { &o.node };
+        let skip = o.node.chars().count().saturating_sub(44);
+        let node: String = o.node.chars().skip(skip).collect();
         let gmacs = if o.ms > 0.0 && o.macs > 0 {
             format!("{:.1}", o.macs as f64 / o.ms / 1e6)
         } else {
             "-".into()
         };
         println!(
-            "  {:<44} {:<22} {:<18} {:>8.3} {:>6.1} {:>8.2} {:>7}",
+            "  {:<44} {:<22} {:<42} {:>8.3} {:>6.1} {:>8.2} {:>7}",
             node,
             o.op,
             o.kind,
@@ -262,7 +290,7 @@ fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize)
     kinds.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
     println!("  by kind:");
     println!(
-        "  {:<30} {:>6} {:>9} {:>6} {:>9} {:>7}",
+        "  {:<42} {:>6} {:>9} {:>6} {:>9} {:>7}",
         "kind", "nodes", "ms", "%", "MMAC", "GMAC/s"
     );
     for (kind, (n, ms, macs)) in kinds {
@@ -272,7 +300,7 @@ fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize)
             "-".into()
         };
         println!(
-            "  {:<30} {:>6} {:>9.3} {:>6.1} {:>9.2} {:>7}",
+            "  {:<42} {:>6} {:>9.3} {:>6.1} {:>9.2} {:>7}",
             kind,
             n,
             ms,
@@ -284,7 +312,11 @@ fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize)
 }
 
 /// Runs `models/ort_bench.py` and parses its JSON line.
-fn ort_bench(dir: &Path, python: Option<&Path>, runs: usize) -> anyhow::Result<BTreeMap<String, f64>> {
+fn ort_bench(
+    dir: &Path,
+    python: Option<&Path>,
+    runs: usize,
+) -> anyhow::Result<BTreeMap<String, f64>> {
     let python = match python {
         Some(p) => p.to_path_buf(),
         None => match std::env::var_os("TSPM_VENV") {
@@ -310,7 +342,10 @@ fn ort_bench(dir: &Path, python: Option<&Path>, runs: usize) -> anyhow::Result<B
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().context("ort_bench.py printed nothing")?;
+    let line = stdout
+        .lines()
+        .last()
+        .context("ort_bench.py printed nothing")?;
     serde_json::from_str(line).with_context(|| format!("parsing ort_bench.py output {line:?}"))
 }
 

@@ -6,10 +6,12 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::capture::{Capture, CaptureConfig, Captured, FrameRate, FrameSize, Mode, Source, StreamKind};
+use crate::capture::{
+    Capture, CaptureConfig, Captured, FrameRate, FrameSize, Mode, Source, StreamKind,
+};
 use crate::config::Config;
-use crate::featurizer::{Featurizer, SegmentFeatures};
 use crate::features::FeatureSet;
+use crate::featurizer::{Featurizer, SegmentFeatures};
 use crate::segmenter::{Segmenter, SegmenterConfig};
 
 /// Arguments of `extract`.
@@ -165,5 +167,7 @@ fn argmax(v: &[f32]) -> (usize, f32) {
     v.iter()
         .copied()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
 }

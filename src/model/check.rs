@@ -56,8 +56,7 @@ const PLANS: [Plan; 2] = [
 pub fn check_models(dir: &Path) -> anyhow::Result<Vec<CheckRow>> {
     let manifest = Manifest::load(dir)?;
     let path = dir.join("check_inputs.npz");
-    let file =
-        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut npz = NpzReader::new(file).with_context(|| format!("reading {}", path.display()))?;
     let mut read = |name: &str| -> anyhow::Result<ArrayD<f32>> {
         npz.by_name(&format!("{name}.npy"))
@@ -71,10 +70,23 @@ pub fn check_models(dir: &Path) -> anyhow::Result<Vec<CheckRow>> {
         let n = inputs.len_of(Axis(0));
         let mut fp32_emb: Vec<Vec<f32>> = Vec::new();
         let mut fp32_top: Vec<usize> = Vec::new();
-        for precision in ["fp32", "int8"] {
+        // fp32 first (the reference), then every other variant of the model in the manifest
+        // (`int8`, and any experimental variant a model build wrote).
+        let mut precisions = vec!["fp32".to_string()];
+        precisions.extend(
+            manifest
+                .models
+                .iter()
+                .filter(|m| m.name == plan.model && m.precision != "fp32")
+                .map(|m| m.precision.clone()),
+        );
+        for precision in &precisions {
             let Some(entry) = manifest.find(plan.model, precision) else {
                 continue;
             };
+            if precision != "fp32" && fp32_emb.is_empty() {
+                continue;
+            }
             let mut model = Model::load(&manifest, entry, 1)?;
             let emb_index = entry
                 .output(plan.embedding.0)
@@ -143,6 +155,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0
 }

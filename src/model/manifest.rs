@@ -145,7 +145,10 @@ impl ModelEntry {
 
     /// The declared output named `name`, with its index.
     pub fn output(&self, name: &str) -> Option<(usize, &TensorSpec)> {
-        self.outputs.iter().enumerate().find(|(_, t)| t.name == name)
+        self.outputs
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.name == name)
     }
 }
 
@@ -180,10 +183,11 @@ impl Manifest {
 
     /// Parses manifest text; `path` is only for messages.
     pub fn parse(text: &str, dir: &Path, path: &Path) -> Result<Self, ModelError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|source| ModelError::ManifestParse {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|source| ModelError::ManifestParse {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         Ok(Manifest {
             dir: dir.to_path_buf(),
             models: raw.models,

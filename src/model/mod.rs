@@ -205,15 +205,27 @@ impl Model {
         let mut inference = onnx()
             .and_then(|o| o.load_with_options(&path, OnnxOptions::new().ignore_value_info(true)))
             .map_err(load_err)?;
-        check_names(&id, "input", &entry.inputs, |i| inference.input_name(i), {
-            inference.input_count().map_err(load_err)?
-        })?;
-        check_names(&id, "output", &entry.outputs, |i| inference.output_name(i), {
-            inference.output_count().map_err(load_err)?
-        })?;
+        let inputs = inference.input_count().map_err(load_err)?;
+        let outputs = inference.output_count().map_err(load_err)?;
+        check_names(
+            &id,
+            "input",
+            &entry.inputs,
+            |i| inference.input_name(i),
+            inputs,
+        )?;
+        check_names(
+            &id,
+            "output",
+            &entry.outputs,
+            |i| inference.output_name(i),
+            outputs,
+        )?;
         for (i, spec) in entry.inputs.iter().enumerate() {
             let fact = fact_string(spec, batch, &id)?;
-            inference.set_input_fact(i, fact.as_str()).map_err(load_err)?;
+            inference
+                .set_input_fact(i, fact.as_str())
+                .map_err(load_err)?;
         }
         let model = inference.into_model().map_err(load_err)?;
         for (i, spec) in entry.outputs.iter().enumerate() {
@@ -299,15 +311,17 @@ impl Model {
                     },
                 });
             }
-            tensors.push(Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
-                model: id(),
-                source,
-            })?);
+            tensors.push(
+                Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
+                    model: id(),
+                    source,
+                })?,
+            );
         }
-        self.outputs = self
-            .state
-            .run(tensors)
-            .map_err(|source| ModelError::Run { model: id(), source })?;
+        self.outputs = self.state.run(tensors).map_err(|source| ModelError::Run {
+            model: id(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -325,12 +339,15 @@ impl Model {
 
     /// Output `name` of the last run.
     pub fn output_by_name(&self, name: &str) -> Result<&[f32], ModelError> {
-        let (index, _) = self.entry.output(name).ok_or_else(|| ModelError::Contract {
-            model: self.entry.id(),
-            tensor: format!("output {name:?}"),
-            expected: format!("an output named {name:?}"),
-            actual: "no such output in the manifest".into(),
-        })?;
+        let (index, _) = self
+            .entry
+            .output(name)
+            .ok_or_else(|| ModelError::Contract {
+                model: self.entry.id(),
+                tensor: format!("output {name:?}"),
+                expected: format!("an output named {name:?}"),
+                actual: "no such output in the manifest".into(),
+            })?;
         self.output(index)
     }
 
@@ -399,10 +416,7 @@ impl Model {
             source,
         };
         let input = Tensor::from_slice(shape, data).map_err(run_err)?;
-        let json = self
-            .runnable
-            .profile_json(Some([input]))
-            .map_err(run_err)?;
+        let json = self.runnable.profile_json(Some([input])).map_err(run_err)?;
         parse_profile(&json).map_err(run_err)
     }
 }
@@ -412,7 +426,10 @@ impl Model {
 fn parse_profile(json: &str) -> anyhow::Result<Profile> {
     let v: serde_json::Value = serde_json::from_str(json).context("parsing tract's profile")?;
     let info = &v["profiling_info"];
-    let total_ms = info["secs_per_iter"].as_f64().context("profile has no total time")? * 1e3;
+    let total_ms = info["secs_per_iter"]
+        .as_f64()
+        .context("profile has no total time")?
+        * 1e3;
     let iterations = info["iterations"].as_u64().unwrap_or(0) as usize;
     let mut ops = Vec::new();
     for node in v["nodes"].as_array().context("profile has no nodes")? {
@@ -444,9 +461,40 @@ fn parse_profile(json: &str) -> anyhow::Result<Profile> {
     })
 }
 
-/// Groups tract's optimised ops by what they do in these conv nets.
-fn op_kind(op: &str, _node: &str) -> String {
-    op.to_string()
+/// Groups tract's optimised ops by what they do in these conv nets: which layer they belong to
+/// (depthwise conv, from tract's op or the ONNX node name tract keeps as a prefix; or the
+/// matmul-shaped rest: 1×1 and stem convs, Gemm) and what part of it they are.
+fn op_kind(op: &str, node: &str) -> String {
+    let depthwise = op.starts_with("DepthWise") || node.contains("depthwise");
+    let quant =
+        node.contains("_quant") || op.starts_with("Quantize") || op.starts_with("Dequantize");
+    let part = match op {
+        o if o.starts_with("DepthWise") => "DepthWise kernel",
+        "OptMatMul" | "MatMul" | "EinSum" => "matmul",
+        "OptMatMulPack" => "pack",
+        "Im2col" | "LazyIm2col" => "im2col",
+        o if o.starts_with("Quantize") || o.starts_with("Dequantize") => "(de)quantize",
+        "Scale" | "Max" | "Min" | "Mul" | "Sub" | "Add" | "Reduce<Sum>" | "Cast"
+        | "OffsetU8asI8" | "QSumB"
+            if quant =>
+        {
+            "int8 requant/zero-point"
+        }
+        o if o.starts_with("OptBinChain") || o.starts_with("OptMaxByScalar") => "activation",
+        "Source" | "Const" | "IntoShape" | "MoveAxis" => "free (shape/const)",
+        _ => "other",
+    };
+    let layer = if depthwise {
+        "depthwise conv"
+    } else if matches!(
+        part,
+        "matmul" | "pack" | "im2col" | "int8 requant/zero-point"
+    ) {
+        "1x1/stem conv, gemm"
+    } else {
+        "rest"
+    };
+    format!("{layer}: {part}")
 }
 
 fn check_names(

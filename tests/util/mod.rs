@@ -10,7 +10,11 @@ use std::path::PathBuf;
 /// `../shared` beside the checkout (CI clones the repository next to it).
 pub fn shared_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(dir.is_dir(), "{} is missing: the goldens live there", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the goldens live there",
+        dir.display()
+    );
     dir
 }
 
@@ -66,7 +70,10 @@ pub fn bin() -> std::process::Command {
 /// A config file in `dir` pointing `models.dir` at `models`, plus extra TOML.
 pub fn write_config(dir: &std::path::Path, models: &std::path::Path, extra: &str) -> PathBuf {
     let path = dir.join("tspm-edge.toml");
-    let text = format!("[models]\ndir = {:?}\n{extra}", models.display().to_string());
+    let text = format!(
+        "[models]\ndir = {:?}\n{extra}",
+        models.display().to_string()
+    );
     std::fs::write(&path, text).expect("writing a test config");
     path
 }
