@@ -211,22 +211,20 @@ impl Config {
             }
         };
         let capture = CaptureConfig {
-            video_fps: in_range("capture.video_fps", raw.capture.video_fps, 1, 60)? as u32,
-            max_video_side_px: match in_range(
-                "capture.max_video_side_px",
-                raw.capture.max_video_side_px,
-                0,
-                8192,
-            )? {
+            video_fps: in_range(
+                "capture.video_fps",
+                raw.capture.video_fps,
+                1..=60,
+                "an integer from 1 to 60",
+            )? as u32,
+            max_video_side_px: match raw.capture.max_video_side_px {
                 0 => None,
-                px if px < 224 => {
-                    return Err(ConfigError::Invalid {
-                        key: "capture.max_video_side_px",
-                        value: px.to_string(),
-                        expected: "0 (keep the source size) or 224..=8192 pixels",
-                    });
-                }
-                px => Some(px as u32),
+                px => Some(in_range(
+                    "capture.max_video_side_px",
+                    px,
+                    224..=8192,
+                    "0 (keep the source size) or 224..=8192 pixels",
+                )? as u32),
             },
         };
         let level = raw.logging.level.to_ascii_lowercase();
@@ -245,18 +243,20 @@ impl Config {
     }
 }
 
-/// Integer range check with an error that names the key.
-fn in_range(key: &'static str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
-    if (min..=max).contains(&value) {
+/// Integer range check with an error that names the key and the accepted form.
+fn in_range(
+    key: &'static str,
+    value: i64,
+    range: std::ops::RangeInclusive<i64>,
+    expected: &'static str,
+) -> Result<i64, ConfigError> {
+    if range.contains(&value) {
         Ok(value)
     } else {
         Err(ConfigError::Invalid {
             key,
             value: value.to_string(),
-            expected: match (min, max) {
-                (1, 60) => "an integer from 1 to 60",
-                _ => "an integer in the documented range",
-            },
+            expected,
         })
     }
 }

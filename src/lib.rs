@@ -13,5 +13,6 @@ pub mod dsp;
 pub mod features;
 pub mod featurizer;
 pub mod model;
+pub mod prompts;
 pub mod pts;
 pub mod segmenter;

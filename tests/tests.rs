@@ -9,3 +9,5 @@ mod capture;
 mod cli;
 mod dsp;
 mod model;
+mod prompts;
+mod token_merge;
