@@ -21,6 +21,7 @@
 
 pub mod image;
 pub mod logmel;
+pub mod token_merge;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,7 @@ pub use self::image::{
     load_rgb,
 };
 pub use self::logmel::{MelFrontend, N_MELS, PATCH_FRAMES, PATCH_SAMPLES, SAMPLE_RATE_HZ};
+pub use self::token_merge::{MergedTokens, TokenMergeError, TokenMerger};
 
 /// Why a DSP stage refused its input. Callers branch on these (a short final chunk is
 /// skipped, a bad config is reported), so this is a typed enum rather than `anyhow`.
