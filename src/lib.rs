@@ -6,6 +6,10 @@
 //! `config` turns the TOML file into typed values; the CLI glue lives in `main.rs` and
 //! [`cli`].
 
+// Docs write tensor shapes in brackets, `[T, 1024]`, as the code comments do; they are not
+// intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 pub mod capture;
 pub mod cli;
 pub mod config;
