@@ -141,13 +141,32 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
+/// One typed input for [`Model::run_inputs`]: its shape and its data.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// f32 data.
+    F32(&'a [usize], &'a [f32]),
+    /// i64 data (token ids, masks).
+    I64(&'a [usize], &'a [i64]),
+}
+
+impl Input<'_> {
+    fn describe(&self) -> (&[usize], usize, &'static str) {
+        match self {
+            Input::F32(shape, data) => (shape, data.len(), "f32"),
+            Input::I64(shape, data) => (shape, data.len(), "i64"),
+        }
+    }
+}
+
 /// One loaded model with its live tract state.
 ///
 /// Loaded once; [`Model::run`] reuses the state, so tract's scratch space stays warm between
 /// segments.
 pub struct Model {
     entry: ModelEntry,
-    batch: usize,
+    /// Values of the symbolic dims the plan was built for (`N` = batch, `T` = seconds, …).
+    dims: Vec<(String, usize)>,
     runnable: Runnable,
     state: State,
     outputs: Vec<Tensor>,
@@ -157,7 +176,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("id", &self.entry.id())
-            .field("batch", &self.batch)
+            .field("dims", &self.dims)
             .finish()
     }
 }
@@ -179,6 +198,18 @@ impl Model {
         batch: usize,
         transforms: &[String],
     ) -> Result<Self, ModelError> {
+        Self::load_sized(manifest, entry, &[("N", batch)], transforms)
+    }
+
+    /// Loads with a value for every symbolic dim of the manifest entry (`N` = batch, `T` =
+    /// seconds in a window, `L` = tokens, …), so tract plans for concrete shapes.
+    pub fn load_sized(
+        manifest: &Manifest,
+        entry: &ModelEntry,
+        dims: &[(&str, usize)],
+        transforms: &[String],
+    ) -> Result<Self, ModelError> {
+        let dims: Vec<(String, usize)> = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let id = entry.id();
         let path = manifest.path_of(entry);
         let actual = sha256_file(&path).map_err(|source| ModelError::FileRead {
@@ -222,7 +253,7 @@ impl Model {
             outputs,
         )?;
         for (i, spec) in entry.inputs.iter().enumerate() {
-            let fact = fact_string(spec, batch, &id)?;
+            let fact = fact_string(spec, &dims, &id)?;
             inference
                 .set_input_fact(i, fact.as_str())
                 .map_err(load_err)?;
@@ -231,19 +262,17 @@ impl Model {
         for (i, spec) in entry.outputs.iter().enumerate() {
             let fact = model.output_fact(i).map_err(load_err)?;
             let shape = concrete_shape(&fact).map_err(load_err)?;
-            let expected: Vec<usize> = spec
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => *n,
-                    Dim::Symbol(_) => batch,
-                })
-                .collect();
+            let expected = concrete_dims(spec, &dims, &id)?;
             if shape != expected || fact.datum_type().map_err(load_err)? != dtype_of(spec, &id)? {
                 return Err(ModelError::Contract {
                     model: id,
                     tensor: format!("output {i} {:?}", spec.name),
-                    expected: format!("{} {} (batch {batch})", spec.shape_string(), spec.dtype),
+                    expected: format!(
+                        "{} {} ({})",
+                        spec.shape_string(),
+                        spec.dtype,
+                        dims_string(&dims)
+                    ),
                     actual: format!("{fact}"),
                 });
             }
@@ -260,7 +289,7 @@ impl Model {
         tracing::debug!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
         Ok(Model {
             entry: entry.clone(),
-            batch,
+            dims,
             runnable,
             state,
             outputs: Vec::new(),
@@ -272,14 +301,27 @@ impl Model {
         &self.entry
     }
 
-    /// The batch size the plan was built for.
+    /// The batch size the plan was built for (the value of `N`, 1 if the model has none).
     pub fn batch(&self) -> usize {
-        self.batch
+        self.dim("N").unwrap_or(1)
+    }
+
+    /// The value a symbolic dim was pinned to at load time.
+    pub fn dim(&self, symbol: &str) -> Option<usize> {
+        self.dims.iter().find(|(k, _)| k == symbol).map(|(_, v)| *v)
     }
 
     /// Runs the model on one f32 input per declared input and keeps the outputs for
     /// [`Model::output`]. Each input is checked against its declared shape first.
     pub fn run(&mut self, inputs: &[(&[usize], &[f32])]) -> Result<(), ModelError> {
+        let inputs: Vec<Input<'_>> = inputs.iter().map(|(s, d)| Input::F32(s, d)).collect();
+        self.run_inputs(&inputs)
+    }
+
+    /// Runs the model on typed inputs, one per declared input, each checked against its
+    /// declared shape and dtype (with the symbolic dims pinned at load time) before tract
+    /// sees it.
+    pub fn run_inputs(&mut self, inputs: &[Input<'_>]) -> Result<(), ModelError> {
         let id = || self.entry.id();
         if inputs.len() != self.entry.inputs.len() {
             return Err(ModelError::InputShape {
@@ -290,39 +332,56 @@ impl Model {
             });
         }
         let mut tensors = Vec::with_capacity(inputs.len());
-        for (spec, (shape, data)) in self.entry.inputs.iter().zip(inputs) {
-            let fits = spec.accepts(shape)
-                && shape.first() == Some(&self.batch)
-                && shape.iter().product::<usize>() == data.len();
+        for (spec, input) in self.entry.inputs.iter().zip(inputs) {
+            let expected = concrete_dims(spec, &self.dims, &id())?;
+            let (shape, len, dtype) = input.describe();
+            let fits = shape == expected.as_slice()
+                && shape.iter().product::<usize>() == len
+                && dtype == spec.dtype;
             if !fits {
                 return Err(ModelError::InputShape {
                     model: id(),
                     tensor: spec.name.clone(),
                     expected: format!(
-                        "{} with N = {} ({} values)",
+                        "{} {} with {} ({} values)",
                         spec.shape_string(),
-                        self.batch,
-                        self.batch * spec.row_len()
+                        spec.dtype,
+                        dims_string(&self.dims),
+                        expected.iter().product::<usize>()
                     ),
-                    actual: if shape.iter().product::<usize>() == data.len() {
+                    actual: if shape.iter().product::<usize>() == len {
                         shape.to_vec()
                     } else {
-                        vec![data.len()]
+                        vec![len]
                     },
                 });
             }
-            tensors.push(
-                Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
-                    model: id(),
-                    source,
-                })?,
-            );
+            let tensor = match input {
+                Input::F32(shape, data) => Tensor::from_slice(shape, data),
+                Input::I64(shape, data) => Tensor::from_slice(shape, data),
+            };
+            tensors.push(tensor.map_err(|source| ModelError::Run {
+                model: id(),
+                source,
+            })?);
         }
         self.outputs = self.state.run(tensors).map_err(|source| ModelError::Run {
             model: id(),
             source,
         })?;
         Ok(())
+    }
+
+    /// Output `index` of the last run, as a flat i64 slice (e.g. selected indices).
+    pub fn output_i64(&self, index: usize) -> Result<&[i64], ModelError> {
+        let tensor = self.outputs.get(index).ok_or_else(|| ModelError::Run {
+            model: self.entry.id(),
+            source: anyhow::anyhow!("no output {index} (was the model run?)"),
+        })?;
+        tensor.as_slice::<i64>().map_err(|source| ModelError::Run {
+            model: self.entry.id(),
+            source,
+        })
     }
 
     /// Output `index` of the last run, as a flat f32 slice.
@@ -544,18 +603,48 @@ fn dtype_of(spec: &TensorSpec, model: &str) -> Result<DatumType, ModelError> {
     }
 }
 
-/// tract's fact syntax for a declared input with the batch pinned, e.g. `1,1,96,64,f32`.
-fn fact_string(spec: &TensorSpec, batch: usize, model: &str) -> Result<String, ModelError> {
+/// tract's fact syntax for a declared input with its symbolic dims pinned, e.g.
+/// `1,1,96,64,f32`.
+fn fact_string(
+    spec: &TensorSpec,
+    dims: &[(String, usize)],
+    model: &str,
+) -> Result<String, ModelError> {
     dtype_of(spec, model)?;
-    let dims: Vec<String> = spec
-        .shape
+    let shape: Vec<String> = concrete_dims(spec, dims, model)?
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    Ok(format!("{},{}", shape.join(","), spec.dtype))
+}
+
+/// A declared shape with its symbolic dims replaced by their pinned values.
+fn concrete_dims(
+    spec: &TensorSpec,
+    dims: &[(String, usize)],
+    model: &str,
+) -> Result<Vec<usize>, ModelError> {
+    spec.shape
         .iter()
         .map(|d| match d {
-            Dim::Fixed(n) => n.to_string(),
-            Dim::Symbol(_) => batch.to_string(),
+            Dim::Fixed(n) => Ok(*n),
+            Dim::Symbol(s) => dims
+                .iter()
+                .find(|(k, _)| k == s)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| ModelError::Contract {
+                    model: model.to_string(),
+                    tensor: format!("{:?} dim {s:?}", spec.name),
+                    expected: format!("a value for {s:?} at load time"),
+                    actual: format!("only {}", dims_string(dims)),
+                }),
         })
-        .collect();
-    Ok(format!("{},{}", dims.join(","), spec.dtype))
+        .collect()
+}
+
+fn dims_string(dims: &[(String, usize)]) -> String {
+    let parts: Vec<String> = dims.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    parts.join(", ")
 }
 
 fn concrete_shape(fact: &Fact) -> anyhow::Result<Vec<usize>> {
