@@ -65,4 +65,7 @@ else
   log "venv $VENV satisfies models/requirements.txt"
 fi
 log "building into $MODEL_DIR"
-exec "$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
+"$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
+# The TSPM head (untrained until the training issue lands) reads check_inputs.npz from above.
+log "TSPM head (models/export_head.py)"
+exec "$VENV/bin/python" -W ignore "$HERE/export_head.py" --model-dir "$MODEL_DIR" --runs 10 "${FORCE[@]}"

@@ -8,6 +8,8 @@ DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_head_answers.txt  copy of models/answers.txt (logit index = line index)
   tspm_head_check.npz    inputs + onnxruntime fp32 outputs for the Rust side (tract) to match
   tspm_head_report.json  every number printed below
+  manifest-head.toml     the head's [[model]] entries (sha256, inputs, outputs) for the runtime;
+                         a later run with the same scripts and files exits in a second
 The head is UNTRAINED (fixed seed) until a training script exists: the numbers check the graph,
 not the answers. Exit status 1 if any fp32 check fails.
 """
@@ -146,9 +148,20 @@ def export(model, path):
         "selected [B,10] int64 (ascending; padding slots repeat slot 0), spm_attention [B,10,14]."
         % SEED)
     drop_initializer_identities(m)
+    name_output_nodes(m)
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)
     return m
+
+
+def name_output_nodes(m):
+    """Give each node that produces a graph output the output's name: tract labels outputs by
+    their producing node, and the runtime checks output names against the manifest."""
+    outs = {o.name for o in m.graph.output}
+    for n in m.graph.node:
+        for o in n.output:
+            if o in outs:
+                n.name = o
 
 
 def drop_initializer_identities(m):
@@ -514,14 +527,82 @@ def sha256(path):
     return h.hexdigest()
 
 
+HEAD_IO = {
+    "input": [("audio", ["N", "T", 1024]), ("visual", ["N", "T", 1280]),
+              ("patches", ["N", "T", 14, 1280]), ("question", ["N", 384]),
+              ("prompt", ["N", 384]), ("valid", ["N", "T"])],
+    "output": [("logits", ["N", "A"]), ("temporal_weights", ["N", "T"]),
+               ("selected", ["N", 10]), ("spm_attention", ["N", 10, 14])],
+}
+
+
+def inputs_stamp():
+    """Hash of everything the head files are made from."""
+    h = hashlib.sha256()
+    for f in ("tspm.py", "export_head.py", "answers.txt"):
+        with open(os.path.join(HERE, f), "rb") as fh:
+            h.update(f.encode() + b"\0" + fh.read())
+    return h.hexdigest()
+
+
+def write_manifest(model_dir, files, n_answers, report):
+    """DIR/manifest-head.toml: the head's entries in the runtime's manifest format."""
+    lines = ["# TSPM head. Written by models/export_head.py; read with manifest.toml.",
+             f"# inputs-stamp = {inputs_stamp()}", ""]
+    for precision, path in files:
+        lines += ["[[model]]", 'name = "tspm_head"', f'precision = "{precision}"',
+                  f'file = "{os.path.basename(path)}"', f'sha256 = "{sha256(path)}"',
+                  f'source = "models/tspm.py (this repository), UNTRAINED, seed {SEED}"',
+                  'licence = "Apache-2.0"', 'answers = "tspm_head_answers.txt"']
+        if precision == "int8":
+            r8 = report.get("int8", {})
+            agree = r8.get("recipes", {}).get(r8.get("shipped"), {}).get("argmax_agreement")
+            lines.append('recipe = "static QOperator int8 on weight MatMuls; Softmax and the '
+                         'selection path float"')
+            if agree is not None:
+                lines += ["[model.check]", f"mean_cosine = {float(agree):.4f}",
+                          f"top1_agreement = {float(agree):.4f}"]
+        for kind, specs in HEAD_IO.items():
+            for name, shape in specs:
+                shape = [n_answers if d == "A" else d for d in shape]
+                dtype = "i64" if name == "selected" else "f32"
+                dims = ", ".join(f'"{d}"' if isinstance(d, str) else str(d) for d in shape)
+                lines += [f"[[model.{kind}]]", f'name = "{name}"', f"shape = [{dims}]",
+                          f'dtype = "{dtype}"']
+        lines.append("")
+    with open(os.path.join(model_dir, "manifest-head.toml"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def up_to_date(model_dir):
+    path = os.path.join(model_dir, "manifest-head.toml")
+    if not os.path.exists(path):
+        return False
+    text = open(path).read()
+    if f"# inputs-stamp = {inputs_stamp()}" not in text:
+        return False
+    for line in text.splitlines():
+        if line.startswith("file = "):
+            f = os.path.join(model_dir, line.split('"')[1])
+            want = next(l for l in text.splitlines()[text.splitlines().index(line):]
+                        if l.startswith("sha256 = ")).split('"')[1]
+            if not os.path.exists(f) or sha256(f) != want:
+                return False
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default=os.environ.get(
         "TSPM_MODEL_DIR", os.path.expanduser("~/.cache/tspm-edge/models")))
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = ap.parse_args()
     os.makedirs(args.model_dir, exist_ok=True)
+    if not args.force and up_to_date(args.model_dir):
+        log(f"head files in {args.model_dir} are up to date (manifest-head.toml)")
+        return 0
     torch.set_num_threads(1)
     report = {"versions": dict(torch=torch.__version__, onnx=onnx.__version__,
                                onnxruntime=ort.__version__, numpy=np.__version__)}
@@ -559,6 +640,9 @@ def main():
     if not args.no_int8:
         int8 = os.path.join(args.model_dir, "tspm_head.int8.onnx")
         build_int8(fp32, int8, feats, report)
+        m8 = onnx.load(int8)
+        name_output_nodes(m8)
+        onnx.save(m8, int8)
     timings(model, fp32, feats, args.runs, report, int8)
 
     shutil.copyfile(os.path.join(HERE, "answers.txt"),
@@ -571,6 +655,9 @@ def main():
     report["ok"] = bool(ok)
     with open(os.path.join(args.model_dir, "tspm_head_report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    if ok:
+        write_manifest(args.model_dir, [("fp32", fp32)] + ([("int8", int8)] if int8 else []),
+                       len(answers), report)
     log("all checks passed (answers vocabulary, fp32 ONNX vs PyTorch)" if ok
         else "SOME CHECKS FAILED")
     return 0 if ok else 1

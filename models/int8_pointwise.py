@@ -43,9 +43,54 @@ RECIPES = {
     "pw-u8-tensor": Q._static(Q.QOP, Q.U8, False, False, Q.CONV_ACT, calib=P),
     # int8 symmetric activations (no u8 -> i8 offset in tract), per-channel weights
     "pw-s8-channel": Q._static(Q.QOP, Q.S8, True, True, Q.CONV_ACT, calib=P),
+    # per-tensor weights after cross-layer equalisation into the float depthwise conv that
+    # follows each pointwise conv + ReLU (exponent 0.5 / 1 of the equalisation, see equalise)
+    "pw-u8-tensor-cle": dict(Q._static(Q.QOP, Q.U8, False, False, Q.CONV_ACT, calib=P), cle=0.5),
+    "pw-u8-tensor-cle1": dict(Q._static(Q.QOP, Q.U8, False, False, Q.CONV_ACT, calib=P), cle=1.0),
 }
 for _r in RECIPES.values():
-    _r["desc"] = Q._desc(_r)
+    _r["desc"] = Q._desc(_r) + (f", cross-layer equalisation (exponent {_r['cle']}) of each "
+                                "pointwise conv into the next float depthwise conv" if "cle" in _r else "")
+
+
+def equalise(model, alpha):
+    """Cross-layer equalisation for per-tensor weights: for every pointwise Conv -> Relu ->
+    depthwise Conv chain, scale output channel i of the pointwise conv (weights and bias) by
+    1/s_i and channel i of the depthwise conv's weights by s_i, s_i = (r_i / max r)^alpha with
+    r_i = max |W_pw[i]|. ReLU(x / s) = ReLU(x) / s for s > 0, and the depthwise conv is linear
+    per channel, so the network computes the same function (up to float rounding) while the
+    pointwise weight ranges (quantised per tensor) become equal. Not valid through Clip
+    (ReLU6), so EfficientNet-Lite0 is left alone. Returns how many pairs were equalised."""
+    kinds = conv_kinds(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers = {}
+    for n in g.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    pairs = 0
+    for n in g.node:
+        if kinds.get(n.name) != "pointwise":
+            continue
+        nxt = consumers.get(n.output[0], [])
+        if len(nxt) != 1 or nxt[0].op_type != "Relu":
+            continue
+        dw = consumers.get(nxt[0].output[0], [])
+        if len(dw) != 1 or kinds.get(dw[0].name) != "depthwise":
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        r = np.abs(w.reshape(len(w), -1)).max(1)
+        sc = np.maximum(r / r.max(), 1e-8) ** alpha
+        w = w / sc[:, None, None, None]
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+        if len(n.input) > 2:
+            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64) / sc
+            inits[n.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32), n.input[2]))
+        wd = numpy_helper.to_array(inits[dw[0].input[1]]).astype(np.float64)
+        wd = wd * sc[:, None, None, None]
+        inits[dw[0].input[1]].CopyFrom(numpy_helper.from_array(wd.astype(np.float32), dw[0].input[1]))
+        pairs += 1
+    return pairs
 
 
 def conv_kinds(model):
@@ -83,6 +128,12 @@ def pointwise_nodes(path):
 def quantize_pointwise(recipe, fp32, out, input_name, calib):
     nodes, _ = pointwise_nodes(fp32)
     r = RECIPES[recipe]
+    if "cle" in r:
+        m = onnx.load(fp32)
+        pairs = equalise(m, r["cle"])
+        R.log(f"  {recipe}: equalised {pairs} pointwise/depthwise pairs")
+        fp32 = out + ".cle.onnx"
+        onnx.save(m, fp32)
     extra = {"ActivationSymmetric": r["sym_act"], "WeightSymmetric": True}
     Q.quantize_static(fp32, out, Q.ArrayReader(input_name, calib), quant_format=r["fmt"],
                       op_types_to_quantize=r["ops"], nodes_to_quantize=nodes,
@@ -146,7 +197,7 @@ def main(argv=None):
     entries, results = [], {}
     rel = os.path.relpath(d, out)
     for m in manifest:
-        if m["name"] in wanted and m["precision"] == "fp32":
+        if m["precision"] == "fp32":  # every fp32 model: the runtime loads both encoders
             fp = dict(m, file=os.path.join(rel, m["file"]))
             if "classes" in fp:
                 fp["classes"] = os.path.join(rel, fp["classes"])

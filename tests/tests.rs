@@ -8,6 +8,7 @@ mod util;
 mod capture;
 mod cli;
 mod dsp;
+mod head;
 mod model;
 mod prompts;
 mod token_merge;

@@ -33,6 +33,11 @@ pub struct Args {
     /// Skip onnxruntime.
     #[arg(long)]
     pub no_ort: bool,
+    /// Time tract stages by this thread's on-CPU time (Linux schedstat; mean over the runs)
+    /// instead of the wall-clock median: steadier on a machine shared with other jobs
+    /// (onnxruntime stays wall clock).
+    #[arg(long)]
+    pub cpu_time: bool,
     /// Batch size for the encoder timings (frames or patches per tract run); the table then
     /// also gives ms per item. onnxruntime stays at batch 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -67,11 +72,37 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((parse(w)?, parse(h)?))
 }
 
-/// Median milliseconds of `f` over `runs` runs after one warm-up.
+/// Nanoseconds this thread has spent on a CPU (Linux `/proc/thread-self/schedstat`), or `None`
+/// where that file is missing.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Set once by `run` from `--cpu-time`: time on-CPU instead of wall clock.
+static CPU_TIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Median milliseconds of `f` over `runs` runs after one warm-up; with `--cpu-time`, this
+/// thread's on-CPU time over all the runs divided by `runs` (the kernel updates it only at
+/// scheduler ticks, a few ms, so single runs cannot be timed that way).
 fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     f()?;
+    let runs = runs.max(1);
+    if CPU_TIME.load(std::sync::atomic::Ordering::Relaxed) {
+        let c0 = thread_cpu_ns();
+        for _ in 0..runs {
+            f()?;
+        }
+        if let (Some(a), Some(b)) = (c0, thread_cpu_ns()) {
+            return Ok(b.saturating_sub(a) as f64 / 1e6 / runs as f64);
+        }
+    }
     let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
+    for _ in 0..runs {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -108,6 +139,12 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
             .collect(),
     };
 
+    if args.cpu_time {
+        if thread_cpu_ns().is_none() {
+            anyhow::bail!("--cpu-time needs /proc/thread-self/schedstat (Linux)");
+        }
+        CPU_TIME.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     eprintln!("bench: {} runs per stage, single thread", args.runs);
     let logmel_ms = median_ms(args.runs, || featurizer.logmel(&pcm[..15_600]))?;
     let prep_ms = median_ms(args.runs, || featurizer.prepare(&frame))?;
@@ -179,8 +216,13 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     };
 
     println!(
-        "per one-second segment, single thread, median of {} runs",
-        args.runs
+        "per one-second segment, single thread, median of {} runs{}",
+        args.runs,
+        if args.cpu_time {
+            " (tract: mean on-CPU time; onnxruntime: wall clock)"
+        } else {
+            ""
+        }
     );
     if batch > 1 {
         println!("tract encoders at batch {batch}: ms per item (run time / {batch})");

@@ -171,14 +171,25 @@ impl Manifest {
     /// The manifest's file name inside a model directory.
     pub const FILE_NAME: &'static str = "manifest.toml";
 
-    /// Reads `<dir>/manifest.toml`.
+    /// The head's manifest, written by `models/export_head.py` beside the encoders' one.
+    pub const HEAD_FILE_NAME: &'static str = "manifest-head.toml";
+
+    /// Reads `<dir>/manifest.toml`, plus `<dir>/manifest-head.toml` when the head was built.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ModelError::ManifestRead {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
         let path = dir.join(Self::FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::ManifestRead {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, dir, &path)
+        let mut manifest = Self::parse(&read(&path)?, dir, &path)?;
+        let head = dir.join(Self::HEAD_FILE_NAME);
+        if head.is_file() {
+            let more = Self::parse(&read(&head)?, dir, &head)?;
+            manifest.models.extend(more.models);
+        }
+        Ok(manifest)
     }
 
     /// Parses manifest text; `path` is only for messages.

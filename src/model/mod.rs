@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod encoders;
+pub mod head;
 pub mod manifest;
 pub mod precision;
 

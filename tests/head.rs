@@ -1,0 +1,164 @@
+//! The TSPM head in tract against onnxruntime, on the cases `models/export_head.py` saved
+//! (T = 10, 30 with masked seconds, 60, and 60 with only 7 valid seconds).
+
+use ndarray::ArrayD;
+use ndarray_npy::NpzReader;
+use tspm_edge::model::Manifest;
+use tspm_edge::model::head::{Head, HeadInputs};
+
+use crate::util;
+
+struct Case {
+    t: usize,
+    arrays: std::collections::HashMap<String, ArrayD<f32>>,
+    selected: Vec<i64>,
+    int8_selected: Vec<i64>,
+}
+
+fn cases() -> Vec<(String, Case)> {
+    let path = util::model_dir().join("tspm_head_check.npz");
+    let mut npz = NpzReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let names = npz.names().unwrap();
+    let mut out = Vec::new();
+    for case in ["t10", "t30_masked", "t60", "t60_7valid"] {
+        let mut arrays = std::collections::HashMap::new();
+        for name in &names {
+            let Some(key) = name.strip_prefix(&format!("{case}/")) else {
+                continue;
+            };
+            let key = key.trim_end_matches(".npy").to_string();
+            if key.ends_with("selected") {
+                continue;
+            }
+            let a: ArrayD<f32> = npz.by_name(name).unwrap();
+            arrays.insert(key, a);
+        }
+        let sel = |npz: &mut NpzReader<std::fs::File>, k: &str| -> Vec<i64> {
+            let a: ArrayD<i64> = npz
+                .by_name(&format!("{case}/{k}.npy"))
+                .or_else(|_| npz.by_name(&format!("{case}/{k}")))
+                .unwrap();
+            a.iter().copied().collect()
+        };
+        let selected = sel(&mut npz, "selected");
+        let int8_selected = sel(&mut npz, "int8_selected");
+        let t = arrays["valid"].shape()[1];
+        out.push((
+            case.to_string(),
+            Case {
+                t,
+                arrays,
+                selected,
+                int8_selected,
+            },
+        ));
+    }
+    out
+}
+
+fn flat(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+fn max_abs(a: &[f32], b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn head_in_tract_matches_onnxruntime() {
+    let manifest = Manifest::load(&util::model_dir()).unwrap();
+    for (name, case) in cases() {
+        for precision in ["fp32", "int8"] {
+            if manifest.find("tspm_head", precision).is_none() {
+                continue;
+            }
+            let mut head = Head::load(&manifest, precision, case.t).unwrap();
+            let a = &case.arrays;
+            let (audio, visual, patches) =
+                (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
+            let (question, prompt, valid) =
+                (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
+            let out = head
+                .run(&HeadInputs {
+                    audio: &audio,
+                    visual: &visual,
+                    patches: &patches,
+                    question: &question,
+                    prompt: &prompt,
+                    valid: &valid,
+                })
+                .unwrap();
+            let p = if precision == "int8" { "int8_" } else { "" };
+            let tol = if precision == "int8" { 1e-3 } else { 1e-4 };
+            let d = max_abs(&out.logits, &a[&format!("{p}logits")]);
+            assert!(d <= tol, "{name} {precision}: logits max abs {d}");
+            let d = max_abs(&out.temporal_weights, &a[&format!("{p}temporal_weights")]);
+            assert!(d <= tol, "{name} {precision}: temporal weights max abs {d}");
+            let d = max_abs(&out.spm_attention, &a[&format!("{p}spm_attention")]);
+            assert!(d <= tol, "{name} {precision}: spm attention max abs {d}");
+            let want = if precision == "int8" {
+                &case.int8_selected
+            } else {
+                &case.selected
+            };
+            assert_eq!(&out.selected, want, "{name} {precision}: selected seconds");
+            // The real picks (min(k, valid seconds)) are valid and in time order; padding
+            // slots repeat the first pick.
+            let n = valid.iter().filter(|&&v| v > 0.5).count().min(10);
+            let (real, pad) = out.selected.split_at(n);
+            assert!(
+                real.iter().all(|&s| valid[s as usize] > 0.5),
+                "{name}: {:?}",
+                out.selected
+            );
+            assert!(
+                real.windows(2).all(|w| w[0] < w[1]),
+                "{name}: {:?}",
+                out.selected
+            );
+            assert!(
+                pad.iter().all(|&s| s == real[0]),
+                "{name}: {:?}",
+                out.selected
+            );
+        }
+    }
+}
+
+#[test]
+fn head_refuses_short_windows_and_empty_masks() {
+    let manifest = Manifest::load(&util::model_dir()).unwrap();
+    let err = Head::load(&manifest, "fp32", 9).unwrap_err().to_string();
+    assert!(err.contains("at least 10 seconds"), "{err}");
+    let mut head = Head::load(&manifest, "fp32", 10).unwrap();
+    let z = |n: usize| vec![0.0f32; n];
+    let (audio, visual, patches, text, valid) =
+        (z(10 * 1024), z(10 * 1280), z(10 * 14 * 1280), z(384), z(10));
+    let x = HeadInputs {
+        audio: &audio,
+        visual: &visual,
+        patches: &patches,
+        question: &text,
+        prompt: &text,
+        valid: &valid,
+    };
+    let err = head.run(&x).unwrap_err().to_string();
+    assert!(err.contains("at least one valid second"), "{err}");
+    // A window of the wrong length is refused before tract, naming the input.
+    let short = z(9 * 1024);
+    let err = head
+        .run(&HeadInputs {
+            audio: &short,
+            valid: &[1.0; 10],
+            ..x
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("\"audio\"") && err.to_string().contains("T = 10"),
+        "{err}"
+    );
+}
