@@ -11,8 +11,10 @@ fn run(args: &[&str], config: Option<&std::path::Path>) -> std::process::Output 
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
+    // The config file decides: TSPM_MODEL_DIR (set by CI) would override its models.dir.
     cmd.args(args)
         .env_remove("TSPM_EDGE_CONFIG")
+        .env_remove("TSPM_MODEL_DIR")
         .output()
         .unwrap()
 }
