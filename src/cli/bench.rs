@@ -151,7 +151,16 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
 
     let batch = args.batch as usize;
     let mut tract_ms: BTreeMap<String, f64> = BTreeMap::new();
-    for entry in &manifest.models {
+    // The per-second encoders; the head and the text encoder run per question, not per segment.
+    let encoders = [
+        crate::model::encoders::AUDIO_MODEL,
+        crate::model::encoders::VISUAL_MODEL,
+    ];
+    for entry in manifest
+        .models
+        .iter()
+        .filter(|e| encoders.contains(&e.name.as_str()))
+    {
         if args
             .only
             .as_deref()

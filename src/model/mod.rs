@@ -107,6 +107,21 @@ pub enum ModelError {
         /// As found.
         actual: String,
     },
+    /// The caller gave no value for one of the declared symbolic dims.
+    #[error(
+        "model {model}: {tensor:?} has the symbolic dim {symbol:?}, but the loader gave only \
+         {given}"
+    )]
+    MissingDim {
+        /// Model id.
+        model: String,
+        /// Tensor name.
+        tensor: String,
+        /// The symbol.
+        symbol: String,
+        /// The values given.
+        given: String,
+    },
     /// An input given to `run` does not fit the declared shape.
     #[error("model {model}: input {tensor:?} has shape {actual:?}, expected {expected}")]
     InputShape {
@@ -633,11 +648,11 @@ fn concrete_dims(
                 .iter()
                 .find(|(k, _)| k == s)
                 .map(|(_, v)| *v)
-                .ok_or_else(|| ModelError::Contract {
+                .ok_or_else(|| ModelError::MissingDim {
                     model: model.to_string(),
-                    tensor: format!("{:?} dim {s:?}", spec.name),
-                    expected: format!("a value for {s:?} at load time"),
-                    actual: format!("only {}", dims_string(dims)),
+                    tensor: spec.name.clone(),
+                    symbol: s.clone(),
+                    given: dims_string(dims),
                 }),
         })
         .collect()
