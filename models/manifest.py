@@ -45,7 +45,7 @@ def render(entries, with_sha):
     for e in entries:
         lines.append("[[model]]")
         for k in ("name", "precision", "file", "sha256", "source", "licence", "recipe", "opset",
-                  "ops", "classes", "logits"):
+                  "ops", "classes", "logits", "tokenizer"):
             if k == "sha256" and not with_sha:
                 continue
             if e.get(k) is not None:
@@ -58,7 +58,7 @@ def render(entries, with_sha):
                 for k in ("name", "shape", "dtype"):
                     if k in t:
                         lines.append(f"{k} = {q(t[k])}")
-        for table in ("frontend", "preprocess", "check"):
+        for table in ("frontend", "preprocess", "check", "text"):
             if e.get(table):
                 lines.append(f"[model.{table}]")
                 for k, v in e[table].items():
@@ -107,6 +107,11 @@ def write(d, report, contract_path):
                 t["note"] = "global average pool after head conv+BN+ReLU6, before the classifier"
             if t["name"] == "embedding":
                 t["note"] = "global average pool of the last ReLU feature map"
+    if "minilm" in report:  # the text encoder (models/export_text.py); sets its own notes
+        import export_text
+        e = export_text.manifest_entry(d, report)
+        e["sha256"] = hashlib.sha256(open(os.path.join(d, e["file"]), "rb").read()).hexdigest()
+        entries.append(e)
     with open(os.path.join(d, "manifest.toml"), "w") as f:
         f.write(render(entries, with_sha=True))
     with open(contract_path, "w") as f:

@@ -65,6 +65,8 @@ def main(argv=None):
         r = rep[name]
         log(f"verify: {name} int8 ({r['int8_chosen']}) vs fp32 on {len(c)} real inputs: "
             f"mean cos {c.mean():.4f} min {c.min():.4f} top-1 agreement {agree:.3f}")
+    import export_text
+    export_text.verify(d)
 
 
 if __name__ == "__main__":

@@ -11,4 +11,5 @@ mod dsp;
 mod head;
 mod model;
 mod prompts;
+mod text;
 mod token_merge;

@@ -13,6 +13,7 @@ pub mod encoders;
 pub mod head;
 pub mod manifest;
 pub mod precision;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
