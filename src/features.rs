@@ -72,6 +72,17 @@ impl FeatureSet {
         &self.visual[t * VISUAL_DIM..(t + 1) * VISUAL_DIM]
     }
 
+    /// The 7×7 token grid of second `t`, [49, 1280].
+    pub fn tokens(&self, t: usize) -> &[f32] {
+        let row = TOKENS * VISUAL_DIM;
+        &self.tokens[t * row..(t + 1) * row]
+    }
+
+    /// The start of second `t`, in seconds.
+    pub fn pts_s(&self, t: usize) -> f64 {
+        self.pts_s[t]
+    }
+
     /// Writes the set as an uncompressed `.npz`.
     pub fn write_npz(&self, path: &Path) -> anyhow::Result<()> {
         let t = self.len();

@@ -184,7 +184,13 @@ fn default_config_round_trips_and_bad_keys_are_named() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["extract", "bench", "check-models", "print-default-config"] {
+    for sub in [
+        "extract",
+        "answer",
+        "bench",
+        "check-models",
+        "print-default-config",
+    ] {
         let out = run(&[sub, "--help"], None);
         assert!(out.status.success(), "{sub} --help");
         assert!(
@@ -192,4 +198,73 @@ fn every_subcommand_has_help() {
             "{sub}"
         );
     }
+}
+
+/// The whole TSPM path on a 5 s clip (padded to the head's 10 selected seconds with invalid
+/// seconds): a valid answer from the vocabulary, top-3, and selected seconds that exist.
+#[test]
+fn answer_runs_the_whole_path_and_reports_selected_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let media = util::fixtures_dir().join("av_5s.webm");
+    let out = run(
+        &[
+            "answer",
+            media.to_str().unwrap(),
+            "-q",
+            "is the violin louder than the piano",
+            "-q",
+            "How many instruments are sounding in the video?",
+            "--json",
+        ],
+        Some(&config),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers = std::fs::read_to_string(util::model_dir().join("tspm_head_answers.txt")).unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(first["question"], "Is the violin louder than the piano?");
+    assert_eq!(
+        first["template"],
+        "Is the <Object> louder than the <Object>?"
+    );
+    assert_eq!(
+        first["prompt"],
+        "The violin and piano have different sounds in the video."
+    );
+    assert!(answers.lines().any(|a| a == first["answer"]), "{first}");
+    let p = first["probability"].as_f64().unwrap();
+    assert!(p > 0.0 && p <= 1.0, "{first}");
+    assert_eq!(first["top"].as_array().unwrap().len(), 3);
+    // Only the 5 real seconds can be selected, in time order.
+    let secs: Vec<f64> = first["selected_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert_eq!(secs, vec![0.0, 1.0, 2.0, 3.0, 4.0], "{first}");
+}
+
+#[test]
+fn answer_refuses_questions_that_fit_no_template_before_extracting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let out = run(
+        &[
+            "answer",
+            "/nonexistent.webm",
+            "-q",
+            "is the kazoo louder than the piano",
+        ],
+        Some(&config),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("kazoo") && err.contains("known: accordion"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The command line: argument definitions, configuration loading, logging set-up, and one
 //! module per subcommand. `main` calls [`run`] and prints the error chain once.
 
+mod answer;
 mod bench;
 mod check;
 mod extract;
@@ -39,6 +40,12 @@ pub enum Command {
     /// pts_s [T], has_frame [T]. This is the code path the daemon runs, and the one training
     /// uses.
     Extract(extract::Args),
+    /// Answers questions about a media file with the TSPM head: prints the answer, its
+    /// probability, the top-3 and the seconds the head selected.
+    ///
+    /// The head that ships today is UNTRAINED (a fixed seed): the path is complete and
+    /// checked, the answers carry no meaning until the training issue lands.
+    Answer(answer::Args),
     /// Times each per-segment stage (log-mel, image prep, each encoder in fp32 and int8) in
     /// tract, and the same ONNX files in onnxruntime, and prints the ratios.
     Bench(bench::Args),
@@ -63,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(&cfg.logging.level);
     match cli.command {
         Command::Extract(args) => extract::run(&cfg, args),
+        Command::Answer(args) => answer::run(&cfg, args),
         Command::Bench(args) => bench::run(&cfg, args),
         Command::CheckModels(args) => check::run(&cfg, args),
         Command::PrintDefaultConfig => Ok(()),

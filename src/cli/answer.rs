@@ -1,0 +1,163 @@
+//! `tspm-edge answer`: the whole TSPM path on a media file — per-second features (the
+//! `extract` path), token merging, the question's template, prompt and text embeddings, and
+//! the head in tract — printing the answer, its probability, the top alternatives and the
+//! seconds the head looked at.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::extract::extract_file;
+use crate::config::Config;
+use crate::dsp::{MergedTokens, TokenMerger};
+use crate::featurizer::Featurizer;
+use crate::model::Manifest;
+use crate::model::encoders::{TOKENS, VISUAL_DIM};
+use crate::model::head::{Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use crate::model::text::TextEncoder;
+use crate::prompts::Question;
+
+/// Arguments of `answer`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Media file with one audio and one video stream.
+    pub media: PathBuf,
+    /// A question, free text ("is the violin louder than the piano") or a MUSIC-AVQA
+    /// template. Repeat for several questions over the same features.
+    #[arg(long, short, required = true)]
+    pub question: Vec<String>,
+    /// Print one JSON object per question instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One answered question, as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct Answered {
+    question: String,
+    template: String,
+    prompt: String,
+    answer: String,
+    probability: f32,
+    top: Vec<(String, f32)>,
+    selected_seconds: Vec<f64>,
+    head: String,
+}
+
+/// Runs `answer`.
+pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
+    // Parse every question first: a typo should not cost a feature extraction.
+    let questions = args
+        .question
+        .iter()
+        .map(|q| Question::parse_free_text(q).with_context(|| format!("question {q:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let manifest = Manifest::load(&cfg.models.dir)?;
+    let mut text = TextEncoder::load(&manifest)?;
+    let answers = answer_names(&manifest)?;
+
+    let mut featurizer = Featurizer::new(&cfg.models)?;
+    let set = extract_file(cfg, &mut featurizer, &args.media, |_, _| {})?;
+    if set.is_empty() {
+        anyhow::bail!("{} gave no complete second", args.media.display());
+    }
+    // The head selects k seconds; a shorter clip is padded with seconds marked invalid.
+    let seconds = set.len().max(SELECTED);
+    let mut merger =
+        TokenMerger::new(TOKENS, VISUAL_DIM, MERGED_TOKENS).context("setting up token merging")?;
+    let mut merged = MergedTokens::new(MERGED_TOKENS, VISUAL_DIM);
+    let mut audio = vec![0.0f32; seconds * 1024];
+    let mut visual = vec![0.0f32; seconds * VISUAL_DIM];
+    let mut patches = vec![0.0f32; seconds * MERGED_TOKENS * VISUAL_DIM];
+    let mut valid = vec![0.0f32; seconds];
+    for t in 0..set.len() {
+        audio[t * 1024..(t + 1) * 1024].copy_from_slice(set.audio(t));
+        visual[t * VISUAL_DIM..(t + 1) * VISUAL_DIM].copy_from_slice(set.visual(t));
+        merger
+            .merge(set.tokens(t), &mut merged)
+            .with_context(|| format!("merging the tokens of second {t}"))?;
+        let row = MERGED_TOKENS * VISUAL_DIM;
+        patches[t * row..(t + 1) * row].copy_from_slice(merged.features());
+        valid[t] = 1.0;
+    }
+    let mut head = Head::load(&manifest, "fp32", seconds)?;
+    let (mut q_emb, mut p_emb) = (vec![0.0f32; TEXT_DIM], vec![0.0f32; TEXT_DIM]);
+    for question in &questions {
+        text.embed(question.text(), &mut q_emb)?;
+        text.embed(question.prompt(), &mut p_emb)?;
+        let out = head.run(&HeadInputs {
+            audio: &audio,
+            visual: &visual,
+            patches: &patches,
+            question: &q_emb,
+            prompt: &p_emb,
+            valid: &valid,
+        })?;
+        let probs = softmax(&out.logits);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let name = |i: usize| answers.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+        let n_real = valid.iter().filter(|&&v| v > 0.5).count().min(SELECTED);
+        let answered = Answered {
+            question: question.text().to_string(),
+            template: question.template().text().to_string(),
+            prompt: question.prompt().to_string(),
+            answer: name(order[0]),
+            probability: probs[order[0]],
+            top: order.iter().take(3).map(|&i| (name(i), probs[i])).collect(),
+            selected_seconds: out.selected[..n_real]
+                .iter()
+                .map(|&s| set.pts_s(s as usize))
+                .collect(),
+            head: head.model().entry().id(),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&answered)?);
+        } else {
+            print_human(&answered);
+        }
+    }
+    Ok(())
+}
+
+fn print_human(a: &Answered) {
+    println!("Q: {}", a.question);
+    println!("   prompt: {}", a.prompt);
+    println!("A: {} ({:.1} %)", a.answer, a.probability * 100.0);
+    let top: Vec<String> = a
+        .top
+        .iter()
+        .map(|(n, p)| format!("{n} {:.1} %", p * 100.0))
+        .collect();
+    println!("   top-3: {}", top.join(", "));
+    let secs: Vec<String> = a
+        .selected_seconds
+        .iter()
+        .map(|s| format!("{s:.0}"))
+        .collect();
+    println!("   looked at seconds: {}", secs.join(", "));
+}
+
+/// The head's answer vocabulary (one answer per line, logit index = line index).
+fn answer_names(manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+    let entry = manifest
+        .find(crate::model::head::HEAD_MODEL, "fp32")
+        .context("the manifest has no fp32 tspm_head (run `bash models/build.sh`)")?;
+    let file = entry
+        .extra
+        .get("answers")
+        .and_then(|v| v.as_str())
+        .context("the tspm_head manifest entry names no answers file")?;
+    let path = manifest.dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the answer vocabulary {}", path.display()))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|&e| e / sum).collect()
+}
