@@ -19,6 +19,25 @@ fn run(args: &[&str], config: Option<&std::path::Path>) -> std::process::Output 
         .unwrap()
 }
 
+/// `extract <media> --out <dir>/f.npz` with a config in `dir` whose models.dir is `models`.
+fn extract(
+    dir: &std::path::Path,
+    models: &std::path::Path,
+    media: &std::path::Path,
+) -> std::process::Output {
+    let config = util::write_config(dir, models, "");
+    let out = dir.join("f.npz");
+    run(
+        &[
+            "extract",
+            media.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Some(&config),
+    )
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -123,17 +142,8 @@ fn extract_of_a_missing_file_names_it_and_writes_nothing() {
 #[test]
 fn extract_of_a_video_only_file_says_which_stream_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = util::write_config(tmp.path(), &util::model_dir(), "");
     let media = util::fixtures_dir().join("video_only.webm");
-    let out = run(
-        &[
-            "extract",
-            media.to_str().unwrap(),
-            "--out",
-            tmp.path().join("f.npz").to_str().unwrap(),
-        ],
-        Some(&config),
-    );
+    let out = extract(tmp.path(), &util::model_dir(), &media);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -147,17 +157,8 @@ fn extract_of_a_video_only_file_says_which_stream_is_missing() {
 #[test]
 fn models_dir_without_models_explains_how_to_build_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = util::write_config(tmp.path(), tmp.path(), "");
     let media = util::fixtures_dir().join("av_5s.webm");
-    let out = run(
-        &[
-            "extract",
-            media.to_str().unwrap(),
-            "--out",
-            tmp.path().join("f.npz").to_str().unwrap(),
-        ],
-        Some(&config),
-    );
+    let out = extract(tmp.path(), tmp.path(), &media);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("models/build.sh"), "{}", stderr(&out));
 }

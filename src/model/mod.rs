@@ -426,34 +426,6 @@ impl Model {
             })?;
         self.output(index)
     }
-
-    /// Runs the model once through a fresh tract plan run (not the live state), so a
-    /// benchmark or a check does not disturb streaming state. Returns the outputs.
-    pub fn run_detached(&self, shape: &[usize], data: &[f32]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let model = self.entry.id();
-        let input = Tensor::from_slice(shape, data).map_err(|source| ModelError::Run {
-            model: model.clone(),
-            source,
-        })?;
-        let outputs = self
-            .runnable
-            .run([input])
-            .map_err(|source| ModelError::Run {
-                model: model.clone(),
-                source,
-            })?;
-        outputs
-            .iter()
-            .map(|t| {
-                t.as_slice::<f32>()
-                    .map(<[f32]>::to_vec)
-                    .map_err(|source| ModelError::Run {
-                        model: model.clone(),
-                        source,
-                    })
-            })
-            .collect()
-    }
 }
 
 /// Time spent in one node of tract's optimised plan, from [`Model::profile`].
