@@ -7,14 +7,20 @@
 //! Every validation error names the key and the expected form.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::prompts::Question;
 
 /// The built-in default configuration, with comments.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/tspm-edge.toml");
 
 /// Environment variable that overrides `models.dir`.
 pub const MODEL_DIR_ENV: &str = "TSPM_MODEL_DIR";
+
+/// Environment variable that overrides `api.socket`.
+pub const SOCKET_ENV: &str = "TSPM_EDGE_SOCKET";
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,18 @@ pub enum ConfigError {
         /// The parser's message (it names the key and line).
         #[source]
         source: Box<toml::de::Error>,
+    },
+    /// A preset question fits no template (or its id is empty or repeated).
+    #[error("config key `presets.question[{index}].{field}` ({id:?}): {message}")]
+    Preset {
+        /// Position in the `[[presets.question]]` array, from 0.
+        index: usize,
+        /// `id` or `text`.
+        field: &'static str,
+        /// The preset's id as given.
+        id: String,
+        /// What is wrong (for a question, the prompt constructor's message).
+        message: String,
     },
     /// A value is out of range or malformed.
     #[error("config key `{key}` = {value}: expected {expected}")]
@@ -88,6 +106,20 @@ pub struct ModelsConfig {
     pub int8_min_cosine: f32,
 }
 
+/// The live sources of `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveSources {
+    /// One file (looped) or URI with both streams.
+    Media(String),
+    /// Two gst-launch descriptions, one pipeline each.
+    Devices {
+        /// The audio source description.
+        audio: String,
+        /// The video source description.
+        video: String,
+    },
+}
+
 /// What capture asks of its sources.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -95,6 +127,65 @@ pub struct CaptureConfig {
     pub video_fps: u32,
     /// Longest video side in pixels after scaling; `None` keeps the source size.
     pub max_video_side_px: Option<u32>,
+    /// What `serve` captures.
+    pub sources: LiveSources,
+    /// A playing source that delivers nothing this long is restarted.
+    pub stall_timeout: Duration,
+    /// First wait before restarting a lost source.
+    pub reconnect_initial: Duration,
+    /// Longest wait before restarting a lost source.
+    pub reconnect_max: Duration,
+}
+
+/// The rolling window of `serve`.
+#[derive(Debug, Clone)]
+pub struct WindowConfig {
+    /// Seconds kept (and answered over).
+    pub seconds: usize,
+}
+
+/// The Unix-socket API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The socket path, resolved (see the default config for the rules).
+    pub socket: PathBuf,
+    /// Group whose members may connect besides root and the daemon's user.
+    pub group: Option<String>,
+    /// Connections served at once.
+    pub max_clients: usize,
+    /// Longest request line.
+    pub max_request_bytes: usize,
+    /// An idle connection is closed after this.
+    pub idle_timeout: Duration,
+    /// A client that does not read for this long is disconnected.
+    pub write_timeout: Duration,
+}
+
+/// One preset question.
+#[derive(Debug, Clone)]
+pub struct Preset {
+    /// Its id (what `ask --preset` and subscribers see).
+    pub id: String,
+    /// The parsed question.
+    pub question: Question,
+}
+
+/// `[presets]`.
+#[derive(Debug, Clone)]
+pub struct PresetsConfig {
+    /// How often subscribers and the LED get fresh answers.
+    pub interval: Duration,
+    /// The questions, in file order.
+    pub questions: Vec<Preset>,
+}
+
+/// `[gpio]`: BCM pin numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpioConfig {
+    /// A button that asks the presets.
+    pub button_pin: Option<u8>,
+    /// An LED for liveness and sound.
+    pub led_pin: Option<u8>,
 }
 
 /// Logging.
@@ -113,6 +204,14 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[window]`.
+    pub window: WindowConfig,
+    /// `[api]`.
+    pub api: ApiConfig,
+    /// `[presets]`.
+    pub presets: PresetsConfig,
+    /// `[gpio]`.
+    pub gpio: GpioConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +220,49 @@ struct RawConfig {
     models: RawModels,
     capture: RawCapture,
     logging: RawLogging,
+    window: RawWindow,
+    api: RawApi,
+    presets: RawPresets,
+    gpio: RawGpio,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    seconds: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    socket: String,
+    group: String,
+    max_clients: i64,
+    max_request_bytes: i64,
+    idle_timeout_s: f64,
+    write_timeout_s: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPresets {
+    interval_s: i64,
+    #[serde(default)]
+    question: Vec<RawPreset>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreset {
+    id: String,
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpio {
+    button_pin: i64,
+    led_pin: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +279,12 @@ struct RawModels {
 struct RawCapture {
     video_fps: i64,
     max_video_side_px: i64,
+    media: String,
+    audio: String,
+    video: String,
+    stall_timeout_s: f64,
+    reconnect_initial_s: f64,
+    reconnect_max_s: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +374,91 @@ impl Config {
                     "0 (keep the source size) or 224..=8192 pixels",
                 )? as u32),
             },
+            sources: {
+                let c = &raw.capture;
+                let media = c.media.trim();
+                if !media.is_empty() {
+                    LiveSources::Media(media.to_string())
+                } else {
+                    for (key, value) in [("capture.audio", &c.audio), ("capture.video", &c.video)] {
+                        if value.trim().is_empty() {
+                            return Err(ConfigError::Invalid {
+                                key,
+                                value: format!("{value:?}"),
+                                expected: "a gst-launch source description (or set capture.media)",
+                            });
+                        }
+                    }
+                    LiveSources::Devices {
+                        audio: c.audio.trim().to_string(),
+                        video: c.video.trim().to_string(),
+                    }
+                }
+            },
+            stall_timeout: seconds(
+                "capture.stall_timeout_s",
+                raw.capture.stall_timeout_s,
+                0.5,
+                600.0,
+            )?,
+            reconnect_initial: seconds(
+                "capture.reconnect_initial_s",
+                raw.capture.reconnect_initial_s,
+                0.01,
+                600.0,
+            )?,
+            reconnect_max: seconds(
+                "capture.reconnect_max_s",
+                raw.capture.reconnect_max_s,
+                0.01,
+                3600.0,
+            )?,
+        };
+        let window = WindowConfig {
+            seconds: in_range(
+                "window.seconds",
+                raw.window.seconds,
+                10..=3600,
+                "an integer from 10 (the head selects 10 seconds) to 3600",
+            )? as usize,
+        };
+        let api = {
+            let a = &raw.api;
+            ApiConfig {
+                socket: resolve_socket(&a.socket)?,
+                group: Some(a.group.trim().to_string()).filter(|g| !g.is_empty()),
+                max_clients: in_range("api.max_clients", a.max_clients, 1..=1024, "1..=1024")?
+                    as usize,
+                max_request_bytes: in_range(
+                    "api.max_request_bytes",
+                    a.max_request_bytes,
+                    256..=1_048_576,
+                    "256..=1048576 bytes",
+                )? as usize,
+                idle_timeout: seconds("api.idle_timeout_s", a.idle_timeout_s, 0.1, 86_400.0)?,
+                write_timeout: seconds("api.write_timeout_s", a.write_timeout_s, 0.01, 600.0)?,
+            }
+        };
+        let presets = PresetsConfig {
+            interval: Duration::from_secs(in_range(
+                "presets.interval_s",
+                raw.presets.interval_s,
+                1..=86_400,
+                "1..=86400 seconds",
+            )? as u64),
+            questions: presets(raw.presets.question)?,
+        };
+        let pin = |key: &'static str, value: i64| -> Result<Option<u8>, ConfigError> {
+            match value {
+                -1 => Ok(None),
+                _ => Ok(Some(
+                    in_range(key, value, 0..=27, "-1 (unused) or a BCM pin 0..=27")? as u8,
+                )),
+            }
+        };
+        let gpio = GpioConfig {
+            button_pin: pin("gpio.button_pin", raw.gpio.button_pin)?,
+            led_pin: pin("gpio.led_pin", raw.gpio.led_pin)?,
         };
         let level = raw.logging.level.to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
@@ -239,6 +472,10 @@ impl Config {
             models,
             capture,
             logging: LoggingConfig { level },
+            window,
+            api,
+            presets,
+            gpio,
         })
     }
 }
@@ -259,6 +496,82 @@ fn in_range(
             expected,
         })
     }
+}
+
+/// A duration in seconds within `min..=max`.
+fn seconds(key: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            expected: "a number of seconds in range (see the default config)",
+        })
+    }
+}
+
+/// Parses every preset question; ids must be unique and non-empty.
+fn presets(raw: Vec<RawPreset>) -> Result<Vec<Preset>, ConfigError> {
+    let mut out: Vec<Preset> = Vec::with_capacity(raw.len());
+    for (index, p) in raw.into_iter().enumerate() {
+        let id = p.id.trim().to_string();
+        let bad_id = |message: &str| ConfigError::Preset {
+            index,
+            field: "id",
+            id: id.clone(),
+            message: message.to_string(),
+        };
+        if id.is_empty() {
+            return Err(bad_id("expected a non-empty id"));
+        }
+        if out.iter().any(|q| q.id == id) {
+            return Err(bad_id("this id is used by an earlier preset"));
+        }
+        let question = Question::parse_free_text(&p.text).map_err(|e| ConfigError::Preset {
+            index,
+            field: "text",
+            id: id.clone(),
+            message: e.to_string(),
+        })?;
+        out.push(Preset { id, question });
+    }
+    Ok(out)
+}
+
+/// `api.socket` (or its environment override), or the first of the default places.
+fn resolve_socket(configured: &str) -> Result<PathBuf, ConfigError> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(path) = env(SOCKET_ENV) {
+        return Ok(path);
+    }
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return expand_home(configured).ok_or(ConfigError::Invalid {
+            key: "api.socket",
+            value: format!("{configured:?}"),
+            expected: "a socket path (\"~/\" needs HOME to be set)",
+        });
+    }
+    if let Some(dir) = env("RUNTIME_DIRECTORY") {
+        // systemd may list several directories separated by ':'; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return Ok(PathBuf::from(first).join("api.sock"));
+    }
+    if let Some(dir) = env("XDG_RUNTIME_DIR") {
+        return Ok(dir.join("tspm-edge").join("api.sock"));
+    }
+    let uid = nix::unistd::getuid();
+    Ok(PathBuf::from(format!("/tmp/tspm-edge-{uid}")).join("api.sock"))
 }
 
 /// Tables merge key by key; any other value in `over` replaces the one in `base`.
@@ -333,6 +646,66 @@ mod tests {
             let msg = Config::from_toml_str(text, "t").unwrap_err().to_string();
             assert!(msg.contains(key), "{text} -> {msg}");
         }
+    }
+
+    #[test]
+    fn default_has_test_sources_and_presets() {
+        let cfg = Config::default_config().unwrap();
+        assert!(matches!(cfg.capture.sources, LiveSources::Devices { .. }));
+        assert_eq!(cfg.window.seconds, 60);
+        let ids: Vec<&str> = cfg
+            .presets
+            .questions
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(ids, ["count", "louder"]);
+        assert_eq!(
+            cfg.presets.questions[1].question.values(),
+            ["violin", "piano"]
+        );
+        assert_eq!(
+            cfg.gpio,
+            GpioConfig {
+                button_pin: None,
+                led_pin: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_preset_that_fits_no_template_names_its_key() {
+        let text = "[[presets.question]]\nid = \"a\"\ntext = \"How many instruments are sounding in the video?\"\n\
+                    [[presets.question]]\nid = \"b\"\ntext = \"what is the weather\"\n";
+        let msg = Config::from_toml_str(text, "t").unwrap_err().to_string();
+        assert!(msg.contains("presets.question[1].text"), "{msg}");
+        assert!(msg.contains("\"b\""), "{msg}");
+        assert!(msg.contains("closest templates"), "{msg}");
+        let dup = "[[presets.question]]\nid = \"a\"\ntext = \"Is there a voiceover?\"\n\
+                   [[presets.question]]\nid = \"a\"\ntext = \"Is there a voiceover?\"\n";
+        let msg = Config::from_toml_str(dup, "t").unwrap_err().to_string();
+        assert!(msg.contains("presets.question[1].id"), "{msg}");
+    }
+
+    #[test]
+    fn media_replaces_the_two_descriptions() {
+        let cfg = Config::from_toml_str("[capture]\nmedia = \"/srv/a.webm\"\n", "t").unwrap();
+        assert_eq!(
+            cfg.capture.sources,
+            LiveSources::Media("/srv/a.webm".into())
+        );
+        let msg = Config::from_toml_str("[capture]\naudio = \" \"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("capture.audio"), "{msg}");
+        let msg = Config::from_toml_str("[window]\nseconds = 5\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("window.seconds"), "{msg}");
+        let msg = Config::from_toml_str("[gpio]\nled_pin = 40\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gpio.led_pin"), "{msg}");
     }
 
     #[test]

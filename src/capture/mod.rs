@@ -30,6 +30,7 @@
 //! then stops the pipeline.
 
 mod error;
+mod live;
 mod pace;
 mod pipeline;
 mod sink;
@@ -44,6 +45,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 pub use error::{CaptureError, StreamKind};
+pub use live::{Backoff, LiveClock, LiveConfig, LiveSource, Restart, SourceState, SourceStatus};
 
 use crate::pts::Pts;
 pub use crate::segmenter::Frame;
@@ -73,6 +75,25 @@ pub enum Source {
         /// The video source description.
         video: String,
     },
+    /// A URI with one audio and one video stream that `uridecodebin` opens: `rtsp://…`,
+    /// `file:///…`, `http://…`.
+    Uri(String),
+    /// One audio source description and no video (the daemon runs each live device in its
+    /// own pipeline, so that one can fail and restart while the other keeps running).
+    Audio(String),
+    /// One video source description and no audio.
+    Video(String),
+}
+
+impl Source {
+    /// Whether the source delivers a stream of `kind`.
+    pub fn provides(&self, kind: StreamKind) -> bool {
+        match self {
+            Source::File(_) | Source::Uri(_) | Source::Pipelines { .. } => true,
+            Source::Audio(_) => kind == StreamKind::Audio,
+            Source::Video(_) => kind == StreamKind::Video,
+        }
+    }
 }
 
 /// What a streaming thread does when the consumer is behind.
@@ -119,6 +140,9 @@ pub struct CaptureConfig {
     /// corrupt files, GStreamer 1.22's `decodebin` races with the demuxer and drops the
     /// demuxer's error, so neither data, nor an error, nor end of stream ever comes.
     pub stall_timeout: Option<Duration>,
+    /// The appsinks hold each item until its time on the pipeline clock (`sync=true`), so a
+    /// file plays at its own pace like a live source; `false` decodes as fast as it can.
+    pub realtime: bool,
 }
 
 impl Default for CaptureConfig {
@@ -132,6 +156,7 @@ impl Default for CaptureConfig {
             // Long enough for a camera to start; short enough that a file that makes GStreamer go
             // quiet (decodebin can swallow a demuxer's error, see `stall_timeout`) fails soon.
             stall_timeout: Some(Duration::from_secs(10)),
+            realtime: false,
         }
     }
 }
@@ -223,6 +248,12 @@ impl Capture {
         let (frame_pool, frame_pool_rx) = crossbeam_channel::bounded(4);
         let counters = Arc::new(sink::Counters::default());
         let pacer = Arc::new(pace::Pacer::new(cfg.mode));
+        for kind in [StreamKind::Audio, StreamKind::Video] {
+            if !source.provides(kind) {
+                // A stream that does not exist must not hold the other one back.
+                pacer.end(kind);
+            }
+        }
         let ctx = sink::SinkCtx {
             tx: data_tx,
             mode: cfg.mode,
@@ -232,6 +263,7 @@ impl Capture {
                 frames: frame_pool_rx,
             },
             pacer: Arc::clone(&pacer),
+            pts_offset_ns: 0,
         };
         let pipeline = pipeline::build(source, cfg, ctx, ctrl_tx.clone())?;
         watch_bus(&pipeline, ctrl_tx);

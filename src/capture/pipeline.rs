@@ -13,7 +13,7 @@
 //! known: if one of the two is missing, the error goes to the control channel right away, so
 //! the consumer never waits for a stream that does not exist.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Sender;
@@ -49,7 +49,11 @@ fn add_chain(pipeline: &gst::Pipeline, elements: &[gst::Element]) -> gst::Pad {
 }
 
 /// The audio branch; returns its input pad.
-fn audio_branch(pipeline: &gst::Pipeline, ctx: SinkCtx) -> Result<gst::Pad, CaptureError> {
+fn audio_branch(
+    pipeline: &gst::Pipeline,
+    cfg: &CaptureConfig,
+    ctx: SinkCtx,
+) -> Result<gst::Pad, CaptureError> {
     let sink = gst_app::AppSink::builder()
         .name("audio-sink")
         .caps(
@@ -59,8 +63,9 @@ fn audio_branch(pipeline: &gst::Pipeline, ctx: SinkCtx) -> Result<gst::Pad, Capt
                 .channels(1)
                 .build(),
         )
-        // Decode files as fast as possible; the timestamps carry the timing.
-        .sync(false)
+        // Decode files as fast as possible (the timestamps carry the timing), unless a file
+        // stands in for a live source and must play at its own pace.
+        .sync(cfg.realtime)
         .build();
     sink::install_audio(&sink, ctx);
     Ok(add_chain(
@@ -94,7 +99,7 @@ fn video_branch(
     let sink = gst_app::AppSink::builder()
         .name("video-sink")
         .caps(&caps.build())
-        .sync(false)
+        .sync(cfg.realtime)
         .build();
     sink::install_video(&sink, ctx);
     // videorate first, so frames that are dropped anyway are never converted.
@@ -117,16 +122,62 @@ pub(super) fn build(
     ctrl: Sender<Control>,
 ) -> Result<gst::Pipeline, CaptureError> {
     let pipeline = gst::Pipeline::with_name("capture");
-    let audio_in = audio_branch(&pipeline, ctx.clone())?;
-    let video_in = video_branch(&pipeline, cfg, ctx)?;
     match source {
-        Source::File(path) => add_file_source(&pipeline, path, audio_in, video_in, ctrl)?,
+        Source::File(path) => {
+            let (audio_in, video_in) = both_branches(&pipeline, cfg, ctx)?;
+            let filesrc = make("filesrc", "file")?;
+            filesrc.set_property("location", path);
+            let decode = make("decodebin", "decode")?;
+            pipeline
+                .add_many([&filesrc, &decode])
+                .expect("element names are unique in a fresh pipeline");
+            filesrc
+                .link(&decode)
+                .expect("filesrc links to decodebin's always sink pad");
+            link_decoder(
+                &decode,
+                &pipeline,
+                path.display().to_string(),
+                audio_in,
+                video_in,
+                ctrl,
+            );
+        }
+        Source::Uri(uri) => {
+            let (audio_in, video_in) = both_branches(&pipeline, cfg, ctx)?;
+            let decode = make("uridecodebin", "decode")?;
+            decode.set_property("uri", uri);
+            pipeline
+                .add(&decode)
+                .expect("element names are unique in a fresh pipeline");
+            link_decoder(&decode, &pipeline, uri.clone(), audio_in, video_in, ctrl);
+        }
         Source::Pipelines { audio, video } => {
+            let (audio_in, video_in) = both_branches(&pipeline, cfg, ctx)?;
             add_description(&pipeline, StreamKind::Audio, audio, &audio_in)?;
+            add_description(&pipeline, StreamKind::Video, video, &video_in)?;
+        }
+        Source::Audio(audio) => {
+            let audio_in = audio_branch(&pipeline, cfg, ctx)?;
+            add_description(&pipeline, StreamKind::Audio, audio, &audio_in)?;
+        }
+        Source::Video(video) => {
+            let video_in = video_branch(&pipeline, cfg, ctx)?;
             add_description(&pipeline, StreamKind::Video, video, &video_in)?;
         }
     }
     Ok(pipeline)
+}
+
+fn both_branches(
+    pipeline: &gst::Pipeline,
+    cfg: &CaptureConfig,
+    ctx: SinkCtx,
+) -> Result<(gst::Pad, gst::Pad), CaptureError> {
+    Ok((
+        audio_branch(pipeline, cfg, ctx.clone())?,
+        video_branch(pipeline, cfg, ctx)?,
+    ))
 }
 
 /// `description` (e.g. `audiotestsrc num-buffers=10`) as a bin linked to `target`.
@@ -165,24 +216,16 @@ struct Streams {
     undecodable: Vec<String>,
 }
 
-/// `filesrc location=path ! decodebin`, linked to the branches as its pads appear.
-fn add_file_source(
+/// Links a `decodebin`/`uridecodebin`'s pads to the branches as they appear; `origin` (the
+/// path or URI) names the media in errors.
+fn link_decoder(
+    decode: &gst::Element,
     pipeline: &gst::Pipeline,
-    path: &Path,
+    origin: String,
     audio_in: gst::Pad,
     video_in: gst::Pad,
     ctrl: Sender<Control>,
-) -> Result<(), CaptureError> {
-    let filesrc = make("filesrc", "file")?;
-    filesrc.set_property("location", path);
-    let decode = make("decodebin", "decode")?;
-    pipeline
-        .add_many([&filesrc, &decode])
-        .expect("element names are unique in a fresh pipeline");
-    filesrc
-        .link(&decode)
-        .expect("filesrc links to decodebin's always sink pad");
-
+) {
     let streams = Arc::new(Mutex::new(Streams::default()));
 
     let undecodable = Arc::clone(&streams);
@@ -230,7 +273,7 @@ fn add_file_source(
         }
     });
 
-    let path: PathBuf = path.to_owned();
+    let path = PathBuf::from(origin);
     decode.connect_no_more_pads(move |_| {
         let streams = lock(&streams);
         let missing = if !streams.audio {
@@ -253,7 +296,6 @@ fn add_file_source(
         };
         let _ = ctrl.send(Control::Error(err));
     });
-    Ok(())
 }
 
 /// Gives an unused decoded stream a fakesink, so it neither blocks nor stops the demuxer.

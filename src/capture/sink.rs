@@ -45,6 +45,9 @@ pub(super) struct SinkCtx {
     pub counters: Arc<Counters>,
     pub pools: Pools,
     pub pacer: Arc<Pacer>,
+    /// Added to every running time: where this pipeline's clock started on the consumer's
+    /// timeline (the daemon restarts a source's pipeline and its times must go on).
+    pub pts_offset_ns: u64,
 }
 
 impl SinkCtx {
@@ -103,7 +106,7 @@ fn running_time(sample: &gst::Sample, buffer: &gst::BufferRef) -> Option<u64> {
 pub(super) fn install_audio(sink: &gst_app::AppSink, ctx: SinkCtx) {
     let eos_ctx = ctx.clone();
     // Where the next chunk starts if a buffer comes without a timestamp.
-    let mut next_ns: u64 = 0;
+    let mut next_ns: u64 = ctx.pts_offset_ns;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -111,7 +114,9 @@ pub(super) fn install_audio(sink: &gst_app::AppSink, ctx: SinkCtx) {
                 let Some(buffer) = sample.buffer() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let pts_ns = running_time(&sample, buffer).unwrap_or(next_ns);
+                let pts_ns = running_time(&sample, buffer)
+                    .map(|t| t + ctx.pts_offset_ns)
+                    .unwrap_or(next_ns);
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
                 let mut samples = ctx.pools.audio.try_recv().unwrap_or_default();
                 samples.clear();
@@ -157,7 +162,7 @@ pub(super) fn install_video(sink: &gst_app::AppSink, ctx: SinkCtx) {
                 data.clear();
                 data.extend_from_slice(plane);
                 let frame = Frame {
-                    pts: Pts(running_time(&sample, buffer).unwrap_or(0)),
+                    pts: Pts(running_time(&sample, buffer).unwrap_or(0) + ctx.pts_offset_ns),
                     width_px: vframe.width(),
                     height_px: vframe.height(),
                     stride_bytes: stride,

@@ -5,6 +5,7 @@ mod answer;
 mod bench;
 mod check;
 mod extract;
+mod prompts;
 
 use std::path::PathBuf;
 
@@ -52,15 +53,23 @@ pub enum Command {
     /// Runs the fp32 and int8 encoders in tract on the real inputs the model build saved, and
     /// prints how close int8 stays to fp32 (and tract to onnxruntime).
     CheckModels(check::Args),
+    /// Fills MUSIC-AVQA-style question records (JSON array) with their templates: prints one
+    /// JSON line per record with the question text and the declarative prompt.
+    Prompts(prompts::Args),
     /// Prints the built-in default configuration, with comments.
     PrintDefaultConfig,
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::PrintDefaultConfig = cli.command {
-        print!("{}", config::DEFAULT_CONFIG);
-        return Ok(());
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            return Ok(());
+        }
+        // Pure text work: no models, no configuration.
+        Command::Prompts(args) => return prompts::run(args),
+        _ => {}
     }
     let cfg = match &cli.config {
         Some(path) => Config::from_file(path),
@@ -73,7 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Answer(args) => answer::run(&cfg, args),
         Command::Bench(args) => bench::run(&cfg, args),
         Command::CheckModels(args) => check::run(&cfg, args),
-        Command::PrintDefaultConfig => Ok(()),
+        Command::PrintDefaultConfig | Command::Prompts(_) => Ok(()),
     }
 }
 
