@@ -586,6 +586,11 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// A path from the config: a leading "~/" is the home directory (kept as is without HOME).
+pub fn expand_path(path: &str) -> PathBuf {
+    expand_home(path).unwrap_or_else(|| PathBuf::from(path))
+}
+
 fn expand_home(path: &str) -> Option<PathBuf> {
     match path.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(rest)),

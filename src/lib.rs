@@ -10,13 +10,18 @@
 // intra-doc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod dsp;
+pub mod engine;
 pub mod features;
 pub mod featurizer;
+pub mod gpio;
 pub mod model;
 pub mod prompts;
 pub mod pts;
 pub mod segmenter;
+pub mod systemd;
+pub mod window;

@@ -12,9 +12,9 @@
 //! so audio and video line up and a restarted source goes on where the timeline is instead
 //! of starting again at 0.
 //!
-//! **Never blocks the streaming threads:** items go into the consumer's bounded channel with
-//! `try_send` ([`Mode::Live`]); a full channel drops the item and counts it in the source's
-//! [`CaptureStats`].
+//! **Never blocks the streaming threads** in [`Mode::Live`]: items go into the consumer's
+//! bounded channel with `try_send`; a full channel drops the item and counts it in the
+//! source's [`CaptureStats`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,8 +26,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::{
-    CaptureConfig, CaptureError, CaptureStats, Captured, Control, Mode, Recycler, Source, pace,
-    pipeline, sink,
+    CaptureConfig, CaptureError, CaptureStats, Captured, Control, Recycler, Source, pace, pipeline,
+    sink,
 };
 
 /// The daemon's timeline: nanoseconds since the clock was made, on a monotonic clock.
@@ -134,6 +134,10 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     /// Items produced and dropped since the daemon started.
     pub stats: CaptureStats,
+    /// It delivers audio.
+    pub audio: bool,
+    /// It delivers video.
+    pub video: bool,
 }
 
 /// How to run one live source.
@@ -144,7 +148,9 @@ pub struct LiveConfig {
     /// The source: [`Source::Audio`], [`Source::Video`], [`Source::Uri`] or a looped
     /// [`Source::File`].
     pub source: Source,
-    /// Output formats (its `mode` is forced to [`Mode::Live`]).
+    /// Output formats and back-pressure: [`Mode::Live`] for devices; [`Mode::File`] makes
+    /// capture wait for the consumer (non-live test sources run as fast as the engine, for
+    /// accelerated soak runs).
     pub capture: CaptureConfig,
     /// What an end of stream means.
     pub restart: Restart,
@@ -194,8 +200,7 @@ impl LiveSource {
         tx: Sender<Captured>,
     ) -> Result<Self, CaptureError> {
         super::init()?;
-        let mut capture = cfg.capture.clone();
-        capture.mode = Mode::Live;
+        let capture = cfg.capture.clone();
         let counters = Arc::new(sink::Counters::default());
         let (audio_pool, audio_pool_rx) =
             crossbeam_channel::bounded(capture.channel_capacity.max(1));
@@ -223,6 +228,8 @@ impl LiveSource {
                 loops: 0,
                 last_error: None,
                 stats: CaptureStats::default(),
+                audio: runner.cfg.source.provides(super::StreamKind::Audio),
+                video: runner.cfg.source.provides(super::StreamKind::Video),
             }),
             counters,
         });
@@ -245,20 +252,14 @@ impl LiveSource {
 
     /// The source's state and counters now.
     pub fn status(&self) -> SourceStatus {
-        let mut status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let c = &self.shared.counters;
-        status.stats = CaptureStats {
-            audio_chunks: c.audio_chunks.load(Ordering::Relaxed),
-            video_frames: c.video_frames.load(Ordering::Relaxed),
-            dropped_audio_chunks: c.dropped_audio_chunks.load(Ordering::Relaxed),
-            dropped_video_frames: c.dropped_video_frames.load(Ordering::Relaxed),
-        };
-        status
+        self.monitor().status()
+    }
+
+    /// A handle that reads the status from any thread, also after the source is stopped.
+    pub fn monitor(&self) -> SourceMonitor {
+        SourceMonitor {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Gives consumed buffers back to this source's streaming threads.
@@ -282,6 +283,38 @@ impl LiveSource {
 impl Drop for LiveSource {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reads a source's status; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct SourceMonitor {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SourceMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceMonitor").finish_non_exhaustive()
+    }
+}
+
+impl SourceMonitor {
+    /// The source's state and counters now.
+    pub fn status(&self) -> SourceStatus {
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let c = &self.shared.counters;
+        status.stats = CaptureStats {
+            audio_chunks: c.audio_chunks.load(Ordering::Relaxed),
+            video_frames: c.video_frames.load(Ordering::Relaxed),
+            dropped_audio_chunks: c.dropped_audio_chunks.load(Ordering::Relaxed),
+            dropped_video_frames: c.dropped_video_frames.load(Ordering::Relaxed),
+        };
+        status
     }
 }
 
@@ -311,18 +344,22 @@ enum Ended {
 }
 
 impl Runner {
-    fn build(&self, offset_ns: u64) -> Result<(gst::Pipeline, Receiver<Control>), CaptureError> {
+    fn build(
+        &self,
+        offset_ns: u64,
+    ) -> Result<(gst::Pipeline, Receiver<Control>, Arc<pace::Pacer>), CaptureError> {
         let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let pacer = Arc::new(pace::Pacer::new(self.cfg.capture.mode));
         let ctx = sink::SinkCtx {
             tx: self.tx.clone(),
-            mode: Mode::Live,
+            mode: self.cfg.capture.mode,
             counters: Arc::clone(&self.counters),
             pools: self.pools.clone(),
-            pacer: Arc::new(pace::Pacer::new(Mode::Live)),
+            pacer: Arc::clone(&pacer),
             pts_offset_ns: offset_ns,
         };
         let pipeline = pipeline::build(&self.cfg.source, &self.cfg.capture, ctx, ctrl_tx)?;
-        Ok((pipeline, ctrl_rx))
+        Ok((pipeline, ctrl_rx, pacer))
     }
 
     fn run(self, shared: &Shared, stop: &Receiver<()>) {
@@ -373,7 +410,7 @@ impl Runner {
     /// Runs the pipeline until it ends, fails, stalls or is told to stop.
     fn play_once(&self, shared: &Shared, stop: &Receiver<()>) -> Ended {
         let offset_ns = self.clock.now_ns();
-        let (pipeline, ctrl) = match self.build(offset_ns) {
+        let (pipeline, ctrl, pacer) = match self.build(offset_ns) {
             Ok(built) => built,
             Err(e) => return Ended::Failed(e.to_string()),
         };
@@ -383,6 +420,9 @@ impl Runner {
         } else {
             self.watch(shared, &bus, &ctrl, stop)
         };
+        // A streaming thread waiting in the pacer must be released before NULL, which waits
+        // for the streaming threads.
+        pacer.close();
         let _ = pipeline.set_state(gst::State::Null);
         ended
     }

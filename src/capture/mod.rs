@@ -45,7 +45,9 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 pub use error::{CaptureError, StreamKind};
-pub use live::{Backoff, LiveClock, LiveConfig, LiveSource, Restart, SourceState, SourceStatus};
+pub use live::{
+    Backoff, LiveClock, LiveConfig, LiveSource, Restart, SourceMonitor, SourceState, SourceStatus,
+};
 
 use crate::pts::Pts;
 pub use crate::segmenter::Frame;

@@ -14,7 +14,9 @@ use crate::dsp::{MergedTokens, TokenMerger};
 use crate::featurizer::Featurizer;
 use crate::model::Manifest;
 use crate::model::encoders::{TOKENS, VISUAL_DIM};
-use crate::model::head::{Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use crate::model::head::{
+    Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
+};
 use crate::model::text::TextEncoder;
 use crate::prompts::Question;
 
@@ -55,7 +57,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let manifest = Manifest::load(&cfg.models.dir)?;
     let mut text = TextEncoder::load(&manifest)?;
-    let answers = answer_names(&manifest)?;
+    let answers = answer_vocabulary(&manifest)?;
 
     let mut featurizer = Featurizer::new(&cfg.models)?;
     let set = extract_file(cfg, &mut featurizer, &args.media, |_, _| {})?;
@@ -137,27 +139,4 @@ fn print_human(a: &Answered) {
         .map(|s| format!("{s:.0}"))
         .collect();
     println!("   looked at seconds: {}", secs.join(", "));
-}
-
-/// The head's answer vocabulary (one answer per line, logit index = line index).
-fn answer_names(manifest: &Manifest) -> anyhow::Result<Vec<String>> {
-    let entry = manifest
-        .find(crate::model::head::HEAD_MODEL, "fp32")
-        .context("the manifest has no fp32 tspm_head (run `bash models/build.sh`)")?;
-    let file = entry
-        .extra
-        .get("answers")
-        .and_then(|v| v.as_str())
-        .context("the tspm_head manifest entry names no answers file")?;
-    let path = manifest.dir.join(file);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the answer vocabulary {}", path.display()))?;
-    Ok(text.lines().map(str::to_string).collect())
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.iter().map(|&e| e / sum).collect()
 }

@@ -2,10 +2,12 @@
 //! module per subcommand. `main` calls [`run`] and prints the error chain once.
 
 mod answer;
+mod ask;
 mod bench;
 mod check;
 mod extract;
 mod prompts;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -53,6 +55,16 @@ pub enum Command {
     /// Runs the fp32 and int8 encoders in tract on the real inputs the model build saved, and
     /// prints how close int8 stays to fp32 (and tract to onnxruntime).
     CheckModels(check::Args),
+    /// Runs the daemon: live capture, the rolling window, the engine and the socket API.
+    ///
+    /// Sources, window, socket, presets and GPIO come from the configuration
+    /// (`tspm-edge print-default-config`); the defaults capture GStreamer test sources, so it
+    /// runs without a camera. Under systemd it notifies READY, STATUS and the watchdog.
+    Serve(serve::Args),
+    /// Asks the running daemon a question (or a preset), over its socket.
+    Ask(ask::Args),
+    /// Prints the running daemon's status: sources, window, drops, models.
+    Status(ask::StatusArgs),
     /// Fills MUSIC-AVQA-style question records (JSON array) with their templates: prints one
     /// JSON line per record with the question text and the declarative prompt.
     Prompts(prompts::Args),
@@ -82,6 +94,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Answer(args) => answer::run(&cfg, args),
         Command::Bench(args) => bench::run(&cfg, args),
         Command::CheckModels(args) => check::run(&cfg, args),
+        Command::Serve(args) => serve::run(&cfg, args),
+        Command::Ask(args) => ask::run(&cfg, args),
+        Command::Status(args) => ask::run_status(&cfg, args),
         Command::PrintDefaultConfig | Command::Prompts(_) => Ok(()),
     }
 }

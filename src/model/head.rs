@@ -148,3 +148,29 @@ impl Head {
         self.model.output_i64(index)
     }
 }
+
+/// The head's answer vocabulary: the file its fp32 manifest entry names (`answers`), one
+/// answer per line, logit index = line index.
+pub fn answer_vocabulary(manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let entry = manifest
+        .find(HEAD_MODEL, "fp32")
+        .context("the manifest has no fp32 tspm_head (run `bash models/build.sh`)")?;
+    let file = entry
+        .extra
+        .get("answers")
+        .and_then(|v| v.as_str())
+        .context("the tspm_head manifest entry names no answers file")?;
+    let path = manifest.dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the answer vocabulary {}", path.display()))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Probabilities from logits (numerically stable).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|&e| e / sum).collect()
+}

@@ -109,6 +109,11 @@ impl TextEncoder {
         })
     }
 
+    /// The model (id, manifest entry).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
     /// The token length the plan was built for (`L`).
     pub fn max_tokens(&self) -> usize {
         self.max_tokens

@@ -1,0 +1,263 @@
+//! `tspm-edge serve`: the daemon. Loads and warms up the models, starts the live sources,
+//! the engine and the socket API, tells systemd it is ready, and on SIGTERM/SIGINT stops
+//! capture, drains the engine and removes the socket.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::api;
+use crate::capture::{
+    Backoff, CaptureConfig, FrameRate, FrameSize, LiveClock, LiveConfig, LiveSource, Mode, Restart,
+    Source, SourceState,
+};
+use crate::config::{Config, LiveSources};
+use crate::engine::{Engine, Inputs, Models, Settings};
+use crate::systemd;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop after this many seconds (soak runs and tests); default: run until SIGTERM.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration_s: Option<f64>,
+    /// Accelerated run for soak tests: the `audio` and `video` descriptions (which must then
+    /// be non-live, e.g. `audiotestsrc is-live=false`) go into one pipeline that waits for the
+    /// engine instead of dropping, so seconds arrive as fast as the engine encodes them.
+    #[arg(long)]
+    pub accelerated: bool,
+}
+
+/// Items (audio chunks and frames) queued between the sources and the engine: about three
+/// seconds of a 44.1 kHz microphone plus frames.
+const CAPTURE_QUEUE: usize = 160;
+/// How long `serve` waits for every source to play before it reports ready anyway (a camera
+/// that is unplugged at boot must not keep the service from starting).
+const SOURCES_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs the daemon until a signal (or `--duration-s`).
+pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Registered first: a SIGTERM during start-up is handled once the daemon is up.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing the SIGTERM/SIGINT handlers")?;
+    systemd::status("loading models");
+    let models = Models::load(cfg)?;
+    for m in models.info() {
+        tracing::info!(model = %m.id, sha256 = %&m.sha256[..12.min(m.sha256.len())], reason = %m.reason, "model");
+    }
+    let clock = LiveClock::start();
+    let (tx, rx) = crossbeam_channel::bounded(CAPTURE_QUEUE);
+    let sources = start_sources(cfg, &args, clock, &tx)?;
+    drop(tx);
+    let audio_recycler = sources
+        .iter()
+        .find(|s| s.status().audio)
+        .map(LiveSource::recycler)
+        .context("no source delivers audio")?;
+    let video_recycler = sources
+        .iter()
+        .find(|s| s.status().video)
+        .map(LiveSource::recycler)
+        .context("no source delivers video")?;
+    let engine = Engine::start(
+        models,
+        Settings::from_config(cfg),
+        Inputs {
+            captured: rx,
+            audio_recycler,
+            video_recycler,
+            sources: sources.iter().map(LiveSource::monitor).collect(),
+            clock,
+        },
+    )?;
+    let server = api::Server::start(&cfg.api, engine.handle(), cfg.presets.interval)?;
+    let gpio = crate::gpio::start(&cfg.gpio, engine.handle())?;
+
+    // Ready once every source plays (or the wait is over: a lost device is reported in
+    // status and keeps being retried).
+    let wait_until = Instant::now() + SOURCES_WAIT;
+    while Instant::now() < wait_until
+        && !sources
+            .iter()
+            .all(|s| s.status().state == SourceState::Playing)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let states: Vec<String> = sources
+        .iter()
+        .map(|s| {
+            let st = s.status();
+            format!("{} {}", st.name, st.state.name())
+        })
+        .collect();
+    let ready_line = format!(
+        "ready; {}; socket {}",
+        states.join(", "),
+        server.path().display()
+    );
+    systemd::ready(&ready_line);
+    tracing::info!(
+        ready_ms = started.elapsed().as_millis() as u64,
+        socket = %server.path().display(),
+        sources = %states.join(", "),
+        "ready"
+    );
+
+    let deadline = args
+        .duration_s
+        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let handle = engine.handle();
+    let mut last_status = Instant::now();
+    'running: loop {
+        for signal in signals.pending() {
+            tracing::info!(signal, "stopping on signal");
+            break 'running;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::info!("stopping: --duration-s elapsed");
+            break;
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = Instant::now();
+            if let Ok(s) = handle.status(Duration::from_secs(2)) {
+                let sources: Vec<String> = s
+                    .sources
+                    .iter()
+                    .map(|x| format!("{} {}", x.name, x.state.name()))
+                    .collect();
+                let dropped: u64 = s
+                    .sources
+                    .iter()
+                    .map(|x| x.stats.dropped_audio_chunks + x.stats.dropped_video_frames)
+                    .sum();
+                let line = format!(
+                    "{} s in window, {} segments, {} dropped, {}",
+                    s.window_len,
+                    s.segments,
+                    dropped,
+                    sources.join(", ")
+                );
+                systemd::status(&line);
+                tracing::debug!(status = %line);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    systemd::stopping();
+    let stopping = Instant::now();
+    server.stop();
+    drop(gpio);
+    for source in sources {
+        source.stop();
+    }
+    engine.shutdown(Duration::from_secs(10))?;
+    tracing::info!(
+        stop_ms = stopping.elapsed().as_millis() as u64,
+        "stopped cleanly"
+    );
+    Ok(())
+}
+
+fn start_sources(
+    cfg: &Config,
+    args: &Args,
+    clock: LiveClock,
+    tx: &crossbeam_channel::Sender<crate::capture::Captured>,
+) -> anyhow::Result<Vec<LiveSource>> {
+    let c = &cfg.capture;
+    let capture = CaptureConfig {
+        mode: if args.accelerated {
+            Mode::File
+        } else {
+            Mode::Live
+        },
+        channel_capacity: CAPTURE_QUEUE,
+        video_fps: FrameRate {
+            num: c.video_fps,
+            den: 1,
+        },
+        max_frame_size: c.max_video_side_px.map(|px| FrameSize {
+            width_px: px,
+            height_px: px,
+        }),
+        stall_timeout: None,
+        realtime: false,
+    };
+    let backoff = Backoff {
+        initial: c.reconnect_initial,
+        max: c.reconnect_max,
+        ..Backoff::default()
+    };
+    let live = |name: &str, source: Source, restart: Restart, realtime: bool| LiveConfig {
+        name: name.to_string(),
+        source,
+        capture: CaptureConfig {
+            realtime,
+            ..capture.clone()
+        },
+        restart,
+        backoff,
+        stall_timeout: c.stall_timeout,
+    };
+    let configs = match (&c.sources, args.accelerated) {
+        (LiveSources::Devices { audio, video }, true) => vec![live(
+            "test",
+            Source::Pipelines {
+                audio: audio.clone(),
+                video: video.clone(),
+            },
+            Restart::Loop,
+            false,
+        )],
+        (LiveSources::Media(_), true) => {
+            anyhow::bail!(
+                "--accelerated runs the capture.audio/video descriptions; unset capture.media"
+            )
+        }
+        (LiveSources::Devices { audio, video }, false) => vec![
+            live(
+                "audio",
+                Source::Audio(audio.clone()),
+                Restart::Reconnect,
+                false,
+            ),
+            live(
+                "video",
+                Source::Video(video.clone()),
+                Restart::Reconnect,
+                false,
+            ),
+        ],
+        (LiveSources::Media(media), false) => {
+            if media.contains("://") {
+                let looped = media.starts_with("file://");
+                let restart = if looped {
+                    Restart::Loop
+                } else {
+                    Restart::Reconnect
+                };
+                vec![live("media", Source::Uri(media.clone()), restart, looped)]
+            } else {
+                let path = crate::config::expand_path(media);
+                if !path.is_file() {
+                    anyhow::bail!(
+                        "config key `capture.media` = {media:?}: no such file (expected a media \
+                         file to loop or a URI such as rtsp://host/stream)"
+                    );
+                }
+                vec![live("media", Source::File(path), Restart::Loop, true)]
+            }
+        }
+    };
+    configs
+        .into_iter()
+        .map(|lc| {
+            let name = lc.name.clone();
+            LiveSource::spawn(lc, clock, tx.clone())
+                .with_context(|| format!("starting the {name} source"))
+        })
+        .collect()
+}

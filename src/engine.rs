@@ -1,0 +1,950 @@
+//! The engine: the one thread that owns all mutable inference state.
+//!
+//! **Owns** the segmenter, the featurizer (log-mel, image prep, both encoders), token
+//! merging, the rolling [`Window`], the text encoder and the head — every tract state — and
+//! the subscribers to preset answers. Capture and the API talk to it only through channels:
+//! capture items arrive on a bounded channel that the sources fill with `try_send` (so the
+//! engine falling behind costs dropped, counted items, never a stalled camera); requests
+//! arrive on a bounded channel with a reply channel each; preset answers leave through one
+//! bounded channel per subscriber, filled with `try_send` (a subscriber that does not read
+//! loses answers, nobody waits for it).
+//!
+//! **Per segment** the work reuses buffers allocated at start (featurizer, merger, window);
+//! questions may allocate (embedding cache, answers), segments do not.
+//!
+//! **Lost sources**: while no audio source is playing, the engine feeds the segmenter
+//! silence up to the present, so seconds keep coming (with the camera's frames) and are
+//! marked as missing audio; a lost camera makes the segmenter repeat the last frame, and
+//! those seconds are marked as missing video.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+
+use crate::capture::{
+    Captured, Frame, LiveClock, Recycler, SourceMonitor, SourceState, SourceStatus,
+};
+use crate::config::{Config, Preset};
+use crate::dsp::{MergedTokens, TokenMerger};
+use crate::featurizer::{Featurizer, SegmentFeatures};
+use crate::model::Manifest;
+use crate::model::encoders::{TOKENS, VISUAL_DIM};
+use crate::model::head::{
+    Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
+};
+use crate::model::text::TextEncoder;
+use crate::prompts::Question;
+use crate::pts::Pts;
+use crate::segmenter::{SEGMENT_SAMPLES, Segment, Segmenter, SegmenterConfig, SegmenterStats};
+use crate::window::{HeadView, SecondInfo, Window};
+
+/// Requests the engine queues before `try_send` says busy.
+const REQUEST_QUEUE: usize = 256;
+/// Preset answers a subscriber may have unread before newer ones are dropped.
+const SUBSCRIBER_QUEUE: usize = 8;
+/// Most subscribers at once.
+const MAX_SUBSCRIBERS: usize = 64;
+/// Most cached text embeddings and answers (cleared when full).
+const CACHE_ENTRIES: usize = 256;
+/// How often the engine wakes up without input (watchdog, lost-audio fill, presets).
+const TICK: Duration = Duration::from_millis(200);
+/// A second whose audio RMS is above this (-50 dBFS) counts as sound present (for the LED).
+const SOUND_RMS: f32 = 0.003_16;
+
+/// One model the engine runs, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// `name.precision`.
+    pub id: String,
+    /// The file's sha256 (checked at load against the manifest).
+    pub sha256: String,
+    /// Why this file (precision choice), or its role.
+    pub reason: String,
+}
+
+/// Everything loaded, checked and warmed up before the engine starts.
+pub struct Models {
+    featurizer: Featurizer,
+    merger: TokenMerger,
+    head: Head,
+    text: TextEncoder,
+    answers: Vec<String>,
+    info: Vec<ModelInfo>,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Models {
+    /// Loads the encoders, the text encoder and the head (for `window_seconds` seconds) from
+    /// the manifest, and runs each once so the first segment and the first question do not
+    /// pay for lazy set-up.
+    pub fn load(cfg: &Config) -> anyhow::Result<Self> {
+        let featurizer = Featurizer::new(&cfg.models)?;
+        let manifest = Manifest::load(&cfg.models.dir)?;
+        let text = TextEncoder::load(&manifest).context("loading the text encoder")?;
+        let head_seconds = cfg.window.seconds.max(SELECTED);
+        let head = Head::load(&manifest, "fp32", head_seconds).context("loading the TSPM head")?;
+        let answers = answer_vocabulary(&manifest)?;
+        if answers.len() != head.answers() {
+            anyhow::bail!(
+                "the answer vocabulary has {} answers but the head {} gives {} logits",
+                answers.len(),
+                head.model().entry().id(),
+                head.answers()
+            );
+        }
+        let merger = TokenMerger::new(TOKENS, VISUAL_DIM, MERGED_TOKENS)
+            .context("setting up token merging")?;
+        let mut info: Vec<ModelInfo> = featurizer
+            .chosen()
+            .iter()
+            .map(|c| ModelInfo {
+                id: c.entry.id(),
+                sha256: c.entry.sha256.clone(),
+                reason: c.reason.clone(),
+            })
+            .collect();
+        for (entry, reason) in [
+            (text.model().entry(), "text encoder"),
+            (head.model().entry(), "answer head"),
+        ] {
+            info.push(ModelInfo {
+                id: entry.id(),
+                sha256: entry.sha256.clone(),
+                reason: reason.to_string(),
+            });
+        }
+        let mut models = Models {
+            featurizer,
+            merger,
+            head,
+            text,
+            answers,
+            info,
+        };
+        models.warm_up().context("warming up the models")?;
+        Ok(models)
+    }
+
+    /// The models, for status.
+    pub fn info(&self) -> &[ModelInfo] {
+        &self.info
+    }
+
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        let mut features = SegmentFeatures::default();
+        self.featurizer
+            .audio(&vec![0.0; SEGMENT_SAMPLES], &mut features)?;
+        let frame = Frame {
+            pts: Pts(0),
+            width_px: 320,
+            height_px: 240,
+            stride_bytes: 960,
+            data: vec![128; 960 * 240],
+        };
+        self.featurizer.frame(&frame, &mut features)?;
+        let mut merged = MergedTokens::new(MERGED_TOKENS, VISUAL_DIM);
+        self.merger.merge(&features.tokens, &mut merged)?;
+        let mut q = vec![0.0; TEXT_DIM];
+        self.text
+            .embed("How many instruments are sounding in the video?", &mut q)?;
+        let mut view = HeadView::new(self.head.seconds());
+        view.valid[0] = 1.0;
+        self.head.run(&HeadInputs {
+            audio: &view.audio,
+            visual: &view.visual,
+            patches: &view.patches,
+            question: &q,
+            prompt: &q,
+            valid: &view.valid,
+        })?;
+        Ok(())
+    }
+}
+
+/// The engine's settings (from the config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Seconds in the window.
+    pub window_seconds: usize,
+    /// The preset questions.
+    pub presets: Vec<Preset>,
+    /// Default interval of preset answers to subscribers.
+    pub preset_interval: Duration,
+}
+
+impl Settings {
+    /// The engine's part of the configuration.
+    pub fn from_config(cfg: &Config) -> Self {
+        Settings {
+            window_seconds: cfg.window.seconds,
+            presets: cfg.presets.questions.clone(),
+            preset_interval: cfg.presets.interval,
+        }
+    }
+}
+
+/// One answered question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The filled question text.
+    pub question: String,
+    /// Template id (0–32).
+    pub template_id: usize,
+    /// The template text.
+    pub template: &'static str,
+    /// The declarative prompt.
+    pub prompt: String,
+    /// The answer.
+    pub answer: String,
+    /// Its probability.
+    pub probability: f32,
+    /// The three most probable answers.
+    pub top: Vec<(String, f32)>,
+    /// The seconds (timeline indices) the head selected, in time order.
+    pub selected_seconds: Vec<u64>,
+    /// First and last second of the window answered over.
+    pub window: (u64, u64),
+    /// Seconds in that window.
+    pub window_len: usize,
+    /// The head's id.
+    pub head: String,
+    /// Served from the cache (same question, same window).
+    pub cached: bool,
+    /// Engine time spent on it, in milliseconds.
+    pub compute_ms: f64,
+}
+
+/// Why a question got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// No second has been captured yet.
+    #[error("the window holds no second yet (capture has just started or every source is lost)")]
+    NoData,
+    /// No preset has this id.
+    #[error("no preset {id:?}; known: {known}")]
+    UnknownPreset {
+        /// The id asked for.
+        id: String,
+        /// The configured ids, comma-separated.
+        known: String,
+    },
+    /// A model failed.
+    #[error("{0}")]
+    Model(String),
+    /// The engine is not answering (shutting down, or too many requests queued).
+    #[error("the engine is busy or stopping")]
+    Busy,
+    /// The engine did not answer in time.
+    #[error("the engine did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Preset answers pushed to subscribers.
+#[derive(Debug, Clone)]
+pub struct PresetAnswers {
+    /// `(preset id, answer or error)` in config order.
+    pub answers: Vec<(String, Result<Answer, AskError>)>,
+}
+
+/// Per-source drop counts and states are in `sources`; the rest is the engine's own.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Since the engine started.
+    pub uptime: Duration,
+    /// Seconds encoded and added to the window.
+    pub segments: u64,
+    /// Segments that failed to encode (see `last_error`).
+    pub segment_errors: u64,
+    /// Window capacity in seconds.
+    pub window_capacity: usize,
+    /// Seconds held.
+    pub window_len: usize,
+    /// Held seconds without real audio / without their own frame.
+    pub window_missing_audio: usize,
+    /// Held seconds without their own frame.
+    pub window_missing_video: usize,
+    /// Newest second's index.
+    pub newest_second: Option<u64>,
+    /// How far behind the timeline the newest second ended (capture → window latency).
+    pub lag: Duration,
+    /// Mean and worst engine time per segment, ms.
+    pub segment_ms_mean: f64,
+    /// Worst engine time per segment, ms.
+    pub segment_ms_max: f64,
+    /// Questions answered.
+    pub asks: u64,
+    /// Subscribers now.
+    pub subscribers: usize,
+    /// Preset answers dropped because a subscriber did not read.
+    pub subscriber_drops: u64,
+    /// The last error the engine saw.
+    pub last_error: Option<String>,
+    /// Models and hashes.
+    pub models: Vec<ModelInfo>,
+    /// Every source.
+    pub sources: Vec<SourceStatus>,
+    /// The segmenter's counters (gaps, repeated frames, …).
+    pub segmenter: SegmenterStats,
+    /// Preset ids.
+    pub presets: Vec<String>,
+    /// The last second had sound above -50 dBFS.
+    pub sound: bool,
+}
+
+/// What a request carries.
+#[derive(Debug)]
+enum Request {
+    Ask {
+        question: Box<Question>,
+        reply: Sender<Result<Answer, AskError>>,
+    },
+    AskPreset {
+        id: String,
+        reply: Sender<Result<Answer, AskError>>,
+    },
+    Presets {
+        reply: Sender<PresetAnswers>,
+    },
+    Status {
+        reply: Sender<Box<Status>>,
+    },
+    Subscribe {
+        every: Duration,
+        on_change: bool,
+        tx: Sender<PresetAnswers>,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
+}
+
+/// Counters other threads may read without asking the engine (the GPIO LED).
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Segments added to the window.
+    pub segments: AtomicU64,
+    /// The last second had sound.
+    pub sound: AtomicBool,
+}
+
+/// A cheap, cloneable way to talk to the engine from any thread.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    requests: Sender<Request>,
+    signals: Arc<Signals>,
+    presets: Arc<Vec<Preset>>,
+}
+
+impl EngineHandle {
+    fn send(&self, request: Request) -> Result<(), AskError> {
+        match self.requests.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(AskError::Busy),
+        }
+    }
+
+    fn wait<T>(rx: &Receiver<T>, timeout: Duration) -> Result<T, AskError> {
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => AskError::Timeout(timeout),
+            crossbeam_channel::RecvTimeoutError::Disconnected => AskError::Busy,
+        })
+    }
+
+    /// Answers `question` over the current window.
+    pub fn ask(&self, question: Question, timeout: Duration) -> Result<Answer, AskError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Request::Ask {
+            question: Box::new(question),
+            reply,
+        })?;
+        Self::wait(&rx, timeout)?
+    }
+
+    /// Answers the preset `id`.
+    pub fn ask_preset(&self, id: &str, timeout: Duration) -> Result<Answer, AskError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Request::AskPreset {
+            id: id.to_string(),
+            reply,
+        })?;
+        Self::wait(&rx, timeout)?
+    }
+
+    /// Answers every preset now.
+    pub fn answer_presets(&self, timeout: Duration) -> Result<PresetAnswers, AskError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Request::Presets { reply })?;
+        Self::wait(&rx, timeout)
+    }
+
+    /// The engine's status.
+    pub fn status(&self, timeout: Duration) -> Result<Status, AskError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Request::Status { reply })?;
+        Self::wait(&rx, timeout).map(|s| *s)
+    }
+
+    /// Preset answers every `every` (or only when they change), on the returned channel.
+    /// Dropping the receiver unsubscribes.
+    pub fn subscribe(
+        &self,
+        every: Duration,
+        on_change: bool,
+    ) -> Result<Receiver<PresetAnswers>, AskError> {
+        let (tx, rx) = crossbeam_channel::bounded(SUBSCRIBER_QUEUE);
+        self.send(Request::Subscribe {
+            every,
+            on_change,
+            tx,
+        })?;
+        Ok(rx)
+    }
+
+    /// The configured presets.
+    pub fn presets(&self) -> &[Preset] {
+        &self.presets
+    }
+
+    /// Counters readable without a request.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
+    }
+}
+
+/// Where the engine's input comes from.
+#[derive(Debug)]
+pub struct Inputs {
+    /// Captured items from every source.
+    pub captured: Receiver<Captured>,
+    /// Gives audio buffers back to the source that delivers audio.
+    pub audio_recycler: Recycler,
+    /// Gives frames back to the source that delivers video.
+    pub video_recycler: Recycler,
+    /// Every source, for status and for knowing when audio is lost.
+    pub sources: Vec<SourceMonitor>,
+    /// The timeline the sources stamp items on.
+    pub clock: LiveClock,
+}
+
+/// The running engine thread.
+#[derive(Debug)]
+pub struct Engine {
+    handle: EngineHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread with loaded models.
+    pub fn start(models: Models, settings: Settings, inputs: Inputs) -> anyhow::Result<Self> {
+        let (requests, requests_rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
+        let signals = Arc::new(Signals::default());
+        let head_seconds = models.head.seconds();
+        let state = State {
+            window: Window::new(settings.window_seconds),
+            view: HeadView::new(head_seconds),
+            segmenter: Segmenter::new(SegmenterConfig::default()),
+            features: SegmentFeatures::default(),
+            merged: MergedTokens::new(MERGED_TOKENS, VISUAL_DIM),
+            q_emb: vec![0.0; TEXT_DIM],
+            p_emb: vec![0.0; TEXT_DIM],
+            embeddings: HashMap::new(),
+            answers_cache: HashMap::new(),
+            subscribers: Vec::new(),
+            started: Instant::now(),
+            segments: 0,
+            segment_errors: 0,
+            segment_ms_sum: 0.0,
+            segment_ms_max: 0.0,
+            lag: Duration::ZERO,
+            asks: 0,
+            subscriber_drops: 0,
+            last_error: None,
+            audio_end_ns: 0,
+            silence_fill: None,
+            silence: vec![0.0; SEGMENT_SAMPLES / 10],
+            signals: Arc::clone(&signals),
+            models,
+            settings,
+            inputs,
+            requests: requests_rx,
+        };
+        let presets = Arc::new(state.settings.presets.clone());
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || state.run())
+            .context("starting the engine thread")?;
+        Ok(Engine {
+            handle: EngineHandle {
+                requests,
+                signals,
+                presets,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for the API and GPIO threads.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Encodes what capture has already delivered, then stops the thread. Call after the
+    /// sources are stopped, so the drain is finite.
+    pub fn shutdown(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        // A full queue still drains: the request waits its turn.
+        self.handle
+            .requests
+            .send_timeout(Request::Shutdown { reply }, timeout)
+            .map_err(|_| anyhow::anyhow!("the engine did not take the shutdown request"))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| anyhow::anyhow!("the engine did not stop within {timeout:?}"))?;
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+struct Subscriber {
+    tx: Sender<PresetAnswers>,
+    every: Duration,
+    next: Instant,
+    on_change: bool,
+    last: Vec<String>,
+}
+
+/// The engine thread's state: everything mutable, owned here.
+struct State {
+    models: Models,
+    settings: Settings,
+    inputs: Inputs,
+    requests: Receiver<Request>,
+    window: Window,
+    view: HeadView,
+    segmenter: Segmenter,
+    features: SegmentFeatures,
+    merged: MergedTokens,
+    q_emb: Vec<f32>,
+    p_emb: Vec<f32>,
+    embeddings: HashMap<String, Vec<f32>>,
+    answers_cache: HashMap<String, Answer>,
+    subscribers: Vec<Subscriber>,
+    started: Instant,
+    segments: u64,
+    segment_errors: u64,
+    segment_ms_sum: f64,
+    segment_ms_max: f64,
+    lag: Duration,
+    asks: u64,
+    subscriber_drops: u64,
+    last_error: Option<String>,
+    /// Where the audio delivered so far ends on the timeline.
+    audio_end_ns: u64,
+    /// The span of silence fed in for lost audio, oldest start to newest end.
+    silence_fill: Option<(u64, u64)>,
+    silence: Vec<f32>,
+    signals: Arc<Signals>,
+}
+
+impl State {
+    fn run(mut self) {
+        let ticker = crossbeam_channel::tick(TICK);
+        let mut captured = self.inputs.captured.clone();
+        loop {
+            select! {
+                recv(captured) -> item => match item {
+                    Ok(item) => self.on_captured(item),
+                    // Every source has stopped; requests may still come.
+                    Err(_) => captured = crossbeam_channel::never(),
+                },
+                recv(self.requests) -> request => match request {
+                    Ok(Request::Shutdown { reply }) => {
+                        self.drain();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Ok(request) => self.on_request(request),
+                    Err(_) => return,
+                },
+                recv(ticker) -> _ => self.on_tick(),
+            }
+        }
+    }
+
+    /// Encodes everything capture has queued (at shutdown).
+    fn drain(&mut self) {
+        while let Ok(item) = self.inputs.captured.try_recv() {
+            self.on_captured(item);
+        }
+        tracing::info!(segments = self.segments, "engine drained");
+    }
+
+    fn on_captured(&mut self, item: Captured) {
+        match item {
+            Captured::Audio { pts, samples } => {
+                let end = pts.0 + samples.len() as u64 * Pts::SECOND_NS / 16_000;
+                self.audio_end_ns = self.audio_end_ns.max(end);
+                self.segmenter.push_audio(pts, &samples);
+                self.inputs.audio_recycler.audio(samples);
+            }
+            Captured::Video(frame) => {
+                self.segmenter.push_frame(&frame);
+                self.inputs.video_recycler.frame(frame);
+            }
+            // Live sources restart on their own; the ends of their runs change nothing here.
+            Captured::StreamEnd(_) | Captured::Eos => {}
+        }
+        while let Some(seg) = self.segmenter.pop() {
+            self.on_segment(&seg);
+            self.segmenter.recycle(seg);
+        }
+    }
+
+    fn on_segment(&mut self, seg: &Segment) {
+        let started = Instant::now();
+        if let Err(e) = self.encode(seg) {
+            self.segment_errors += 1;
+            let message = format!("second {}: {e:#}", seg.index);
+            tracing::error!(error = %message, "encoding failed");
+            self.last_error = Some(message);
+            return;
+        }
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.segments += 1;
+        self.segment_ms_sum += ms;
+        self.segment_ms_max = self.segment_ms_max.max(ms);
+        self.lag = Duration::from_nanos(self.inputs.clock.now_ns().saturating_sub(seg.end().0));
+        self.signals
+            .segments
+            .store(self.segments, Ordering::Relaxed);
+    }
+
+    fn encode(&mut self, seg: &Segment) -> anyhow::Result<()> {
+        self.models.featurizer.process(seg, &mut self.features)?;
+        self.models
+            .merger
+            .merge(&self.features.tokens, &mut self.merged)?;
+        let (start, end) = (seg.start().0, seg.end().0);
+        let filled = self
+            .silence_fill
+            .map_or(0, |(a, b)| b.min(end).saturating_sub(a.max(start)));
+        let audio = seg.zero_filled_samples < SEGMENT_SAMPLES / 2 && filled < Pts::SECOND_NS / 2;
+        let video = seg.frame.is_some() && !seg.frame_repeated;
+        let energy: f32 = seg.audio.iter().map(|x| x * x).sum::<f32>() / seg.audio.len() as f32;
+        self.signals
+            .sound
+            .store(audio && energy.sqrt() > SOUND_RMS, Ordering::Relaxed);
+        self.window.push(
+            SecondInfo {
+                index: seg.index,
+                audio,
+                video,
+            },
+            &self.features.audio,
+            &self.features.visual,
+            self.merged.features(),
+        );
+        Ok(())
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Ask { question, reply } => {
+                let answer = self.answer(&question);
+                let _ = reply.send(answer);
+            }
+            Request::AskPreset { id, reply } => {
+                let answer = match self.settings.presets.iter().position(|p| p.id == id) {
+                    Some(i) => {
+                        let question = self.settings.presets[i].question.clone();
+                        self.answer(&question)
+                    }
+                    None => Err(AskError::UnknownPreset {
+                        id,
+                        known: self
+                            .settings
+                            .presets
+                            .iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Presets { reply } => {
+                let answers = self.preset_answers();
+                tracing::info!(answers = %summary(&answers), "presets answered");
+                let _ = reply.send(answers);
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(Box::new(self.status()));
+            }
+            Request::Subscribe {
+                every,
+                on_change,
+                tx,
+            } => {
+                if self.subscribers.len() >= MAX_SUBSCRIBERS {
+                    // Dropping `tx` tells the subscriber at once.
+                    tracing::warn!("too many subscribers; one refused");
+                    return;
+                }
+                self.subscribers.push(Subscriber {
+                    tx,
+                    every,
+                    next: Instant::now(),
+                    on_change,
+                    last: Vec::new(),
+                });
+            }
+            Request::Shutdown { .. } => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // The watchdog is fed only while this loop turns: a wedged engine gets restarted.
+        crate::systemd::watchdog();
+        self.fill_lost_audio();
+        self.publish_presets();
+    }
+
+    /// While no audio source plays, feed silence up to half a second ago, so the seconds go
+    /// on (marked as missing audio) instead of stopping with the microphone.
+    fn fill_lost_audio(&mut self) {
+        let audio_playing = self
+            .inputs
+            .sources
+            .iter()
+            .map(SourceMonitor::status)
+            .any(|s| s.audio && s.state == SourceState::Playing);
+        if audio_playing {
+            return;
+        }
+        let now = self.inputs.clock.now_ns();
+        let target = now.saturating_sub(Pts::SECOND_NS / 2);
+        let chunk_ns = self.silence.len() as u64 * Pts::SECOND_NS / 16_000;
+        if target < self.audio_end_ns + chunk_ns {
+            return;
+        }
+        let first = self.audio_end_ns;
+        while self.audio_end_ns + chunk_ns <= target {
+            let pts = Pts(self.audio_end_ns);
+            self.segmenter.push_audio(pts, &self.silence);
+            self.audio_end_ns += chunk_ns;
+        }
+        self.silence_fill = Some(match self.silence_fill {
+            Some((a, b)) if b >= first => (a, self.audio_end_ns),
+            _ => (first, self.audio_end_ns),
+        });
+        while let Some(seg) = self.segmenter.pop() {
+            self.on_segment(&seg);
+            self.segmenter.recycle(seg);
+        }
+    }
+
+    fn publish_presets(&mut self) {
+        let now = Instant::now();
+        if self.subscribers.is_empty() || self.subscribers.iter().all(|s| s.next > now) {
+            return;
+        }
+        let answers = self.preset_answers();
+        let texts: Vec<String> = answers
+            .answers
+            .iter()
+            .map(|(_, a)| match a {
+                Ok(a) => a.answer.clone(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        let mut drops = 0;
+        self.subscribers.retain_mut(|s| {
+            if s.next > now {
+                return true;
+            }
+            s.next = now + s.every;
+            if s.on_change && s.last == texts {
+                return true;
+            }
+            match s.tx.try_send(answers.clone()) {
+                Ok(()) => {
+                    s.last.clone_from(&texts);
+                    true
+                }
+                Err(TrySendError::Full(_)) => {
+                    drops += 1;
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+        self.subscriber_drops += drops;
+    }
+
+    fn preset_answers(&mut self) -> PresetAnswers {
+        let presets = self.settings.presets.clone();
+        PresetAnswers {
+            answers: presets
+                .iter()
+                .map(|p| (p.id.clone(), self.answer(&p.question)))
+                .collect(),
+        }
+    }
+
+    fn embed(&mut self, text: &str, prompt: bool) -> Result<(), AskError> {
+        let out = if prompt {
+            &mut self.p_emb
+        } else {
+            &mut self.q_emb
+        };
+        if let Some(cached) = self.embeddings.get(text) {
+            out.copy_from_slice(cached);
+            return Ok(());
+        }
+        self.models
+            .text
+            .embed(text, out)
+            .map_err(|e| AskError::Model(e.to_string()))?;
+        if self.embeddings.len() >= CACHE_ENTRIES {
+            self.embeddings.clear();
+        }
+        self.embeddings.insert(text.to_string(), out.clone());
+        Ok(())
+    }
+
+    fn answer(&mut self, question: &Question) -> Result<Answer, AskError> {
+        let started = Instant::now();
+        self.asks += 1;
+        let (first, last) = match (self.window.seconds().next(), self.window.newest()) {
+            (Some(a), Some(b)) => (a.index, b.index),
+            _ => return Err(AskError::NoData),
+        };
+        if let Some(hit) = self.answers_cache.get(question.text())
+            && hit.window == (first, last)
+            && hit.window_len == self.window.len()
+        {
+            let mut hit = hit.clone();
+            hit.cached = true;
+            hit.compute_ms = started.elapsed().as_secs_f64() * 1e3;
+            return Ok(hit);
+        }
+        self.embed(question.text(), false)?;
+        self.embed(question.prompt(), true)?;
+        self.window.fill(&mut self.view);
+        let out = self
+            .models
+            .head
+            .run(&HeadInputs {
+                audio: &self.view.audio,
+                visual: &self.view.visual,
+                patches: &self.view.patches,
+                question: &self.q_emb,
+                prompt: &self.p_emb,
+                valid: &self.view.valid,
+            })
+            .map_err(|e| AskError::Model(e.to_string()))?;
+        let probs = softmax(&out.logits);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let name = |i: usize| {
+            self.models
+                .answers
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("#{i}"))
+        };
+        let real = self.window.len().min(self.view.seconds()).min(SELECTED);
+        let answer = Answer {
+            question: question.text().to_string(),
+            template_id: question.template().id(),
+            template: question.template().text(),
+            prompt: question.prompt().to_string(),
+            answer: name(order[0]),
+            probability: probs[order[0]],
+            top: order.iter().take(3).map(|&i| (name(i), probs[i])).collect(),
+            selected_seconds: out.selected[..real]
+                .iter()
+                .filter_map(|&s| usize::try_from(s).ok())
+                .filter_map(|s| self.view.index.get(s).copied())
+                .collect(),
+            window: (first, last),
+            window_len: self.window.len(),
+            head: self.models.head.model().entry().id(),
+            cached: false,
+            compute_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        if self.answers_cache.len() >= CACHE_ENTRIES {
+            self.answers_cache.clear();
+        }
+        self.answers_cache
+            .insert(question.text().to_string(), answer.clone());
+        Ok(answer)
+    }
+
+    fn status(&self) -> Status {
+        let (mut missing_audio, mut missing_video) = (0, 0);
+        for s in self.window.seconds() {
+            missing_audio += usize::from(!s.audio);
+            missing_video += usize::from(!s.video);
+        }
+        Status {
+            uptime: self.started.elapsed(),
+            segments: self.segments,
+            segment_errors: self.segment_errors,
+            window_capacity: self.window.capacity(),
+            window_len: self.window.len(),
+            window_missing_audio: missing_audio,
+            window_missing_video: missing_video,
+            newest_second: self.window.newest().map(|s| s.index),
+            lag: self.lag,
+            segment_ms_mean: if self.segments == 0 {
+                0.0
+            } else {
+                self.segment_ms_sum / self.segments as f64
+            },
+            segment_ms_max: self.segment_ms_max,
+            asks: self.asks,
+            subscribers: self.subscribers.len(),
+            subscriber_drops: self.subscriber_drops,
+            last_error: self.last_error.clone(),
+            models: self.models.info.clone(),
+            sources: self
+                .inputs
+                .sources
+                .iter()
+                .map(SourceMonitor::status)
+                .collect(),
+            segmenter: self.segmenter.stats(),
+            presets: self.settings.presets.iter().map(|p| p.id.clone()).collect(),
+            sound: self.signals.sound.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `id=answer` pairs for the log.
+pub fn summary(answers: &PresetAnswers) -> String {
+    answers
+        .answers
+        .iter()
+        .map(|(id, a)| match a {
+            Ok(a) => format!("{id}={} ({:.0} %)", a.answer, a.probability * 100.0),
+            Err(e) => format!("{id}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
