@@ -17,6 +17,11 @@ pub struct Gpio {
     _inner: imp::Inner,
 }
 
+impl Gpio {
+    /// Releases the pins and stops the LED thread.
+    pub fn stop(self) {}
+}
+
 /// Starts GPIO if a pin is configured. Without the `gpio` feature a configured pin is an
 /// error (the build cannot drive it); with none configured this does nothing.
 pub fn start(cfg: &GpioConfig, engine: EngineHandle) -> anyhow::Result<Option<Gpio>> {

@@ -185,7 +185,7 @@ mod tests {
         w.push(
             SecondInfo {
                 index,
-                audio: index % 2 == 0,
+                audio: index.is_multiple_of(2),
                 video: true,
             },
             &[v; AUDIO_DIM],

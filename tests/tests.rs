@@ -7,6 +7,7 @@ mod util;
 
 mod capture;
 mod cli;
+mod daemon;
 mod dsp;
 mod head;
 mod model;

@@ -363,6 +363,15 @@ fn source(s: &SourceStatus) -> Value {
     })
 }
 
+/// This process's resident memory, from `/proc/self/status` (`None` where it cannot be read).
+pub fn rss_kb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
@@ -373,6 +382,7 @@ pub fn status(s: &Status) -> Value {
     let dropped_video: u64 = s.sources.iter().map(|x| x.stats.dropped_video_frames).sum();
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "rss_kb": rss_kb(),
         "uptime_s": round3(s.uptime.as_secs_f64()),
         "segments": s.segments,
         "segment_errors": s.segment_errors,

@@ -108,8 +108,8 @@ struct ClipFeatures {
 }
 
 fn read_clip(path: &Path) -> anyhow::Result<ClipFeatures> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening features {}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening features {}", path.display()))?;
     let mut npz =
         NpzReader::new(file).with_context(|| format!("reading features {}", path.display()))?;
     let mut get2 = |name: &str| -> anyhow::Result<Array2<f32>> {
@@ -144,8 +144,8 @@ fn read_clip(path: &Path) -> anyhow::Result<ClipFeatures> {
 
 /// Number of seconds in a feature file, from its small `pts_s` array.
 fn clip_seconds(path: &Path) -> anyhow::Result<usize> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening features {}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening features {}", path.display()))?;
     let mut npz =
         NpzReader::new(file).with_context(|| format!("reading features {}", path.display()))?;
     let pts: Array1<f64> = npz
@@ -181,7 +181,10 @@ fn window(
     };
     let audio = clip.audio.as_slice().context("audio is not contiguous")?;
     let visual = clip.visual.as_slice().context("visual is not contiguous")?;
-    let tokens = clip.tokens.as_slice().context("tokens are not contiguous")?;
+    let tokens = clip
+        .tokens
+        .as_slice()
+        .context("tokens are not contiguous")?;
     w.audio[..t_real * AUDIO_DIM].copy_from_slice(audio);
     w.visual[..t_real * VISUAL_DIM].copy_from_slice(visual);
     let grid = TOKENS * VISUAL_DIM;

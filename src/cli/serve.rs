@@ -111,7 +111,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let handle = engine.handle();
     let mut last_status = Instant::now();
     'running: loop {
-        for signal in signals.pending() {
+        if let Some(signal) = signals.pending().next() {
             tracing::info!(signal, "stopping on signal");
             break 'running;
         }
@@ -149,7 +149,9 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     systemd::stopping();
     let stopping = Instant::now();
     server.stop();
-    drop(gpio);
+    if let Some(gpio) = gpio {
+        gpio.stop();
+    }
     for source in sources {
         source.stop();
     }
