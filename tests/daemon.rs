@@ -22,6 +22,10 @@ struct Daemon {
 impl Daemon {
     /// Starts `serve` with `extra` TOML after `[models]` and an `[api]` socket in the temp dir.
     fn start(extra: &str, args: &[&str]) -> Daemon {
+        Self::start_with_env(extra, args, &[])
+    }
+
+    fn start_with_env(extra: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
         let config = util::write_config(
@@ -42,6 +46,7 @@ impl Daemon {
             .env_remove("TSPM_EDGE_SOCKET")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "tspm_edge=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -450,4 +455,48 @@ fn bad_presets_and_groups_stop_start_up_with_the_key() {
         err.contains("nosuchelement") && err.contains("video"),
         "{err}"
     );
+}
+
+#[test]
+fn systemd_gets_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let d = Daemon::start_with_env(
+        WINDOW_10,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        assert!(Instant::now() < deadline, "no READY and WATCHDOG: {seen:?}");
+        let n = listener.recv(&mut buf).unwrap();
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let ready = seen.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(
+        ready.contains("STATUS=ready; audio playing, video playing"),
+        "{ready}"
+    );
+    // READY comes after the models: status answers at once with every model loaded.
+    assert_eq!(d.status()["models"].as_array().unwrap().len(), 4);
+    d.terminate();
+    let mut stopping = false;
+    while let Ok(n) = listener.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM: {seen:?}");
 }

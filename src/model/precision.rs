@@ -2,7 +2,7 @@
 //! that passed the int8 accuracy check recorded in the manifest.
 //!
 //! `auto` times both variants once (tract, one thread, a warm-up run then the median of a few)
-//! and caches the verdict in `<model dir>/precision-cache.toml`, keyed by the CPU, the tract
+//! and caches the verdict in `<model dir>/precision-cache.toml` (or `$CACHE_DIRECTORY`), keyed by the CPU, the tract
 //! version and both files' sha256, so a later start reads the verdict instead of re-timing.
 
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ fn cached_or_measured(
     fp32: &ModelEntry,
     int8: &ModelEntry,
 ) -> Result<Verdict, ModelError> {
-    let path = manifest.dir.join(CACHE_FILE);
+    let path = cache_path(&manifest.dir);
     let mut cache = read_cache(&path);
     let cpu = cpu_id();
     let tract = tract::version().to_string();
@@ -137,6 +137,17 @@ fn cached_or_measured(
         Err(err) => tracing::warn!(%err, "could not serialise the precision verdict"),
     }
     Ok(verdict)
+}
+
+/// Where the verdicts are cached: systemd's `CacheDirectory=` (`$CACHE_DIRECTORY`) when the
+/// daemon runs as a service with read-only models, else the model directory.
+pub fn cache_path(model_dir: &Path) -> std::path::PathBuf {
+    match std::env::var("CACHE_DIRECTORY") {
+        Ok(dirs) if !dirs.is_empty() => {
+            std::path::PathBuf::from(dirs.split(':').next().unwrap_or_default()).join(CACHE_FILE)
+        }
+        _ => model_dir.join(CACHE_FILE),
+    }
 }
 
 fn read_cache(path: &Path) -> BTreeMap<String, Verdict> {
