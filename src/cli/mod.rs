@@ -8,6 +8,7 @@ mod check;
 mod extract;
 mod prompts;
 mod serve;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,10 @@ pub enum Command {
     /// (`tspm-edge print-default-config`); the defaults capture GStreamer test sources, so it
     /// runs without a camera. Under systemd it notifies READY, STATUS and the watchdog.
     Serve(serve::Args),
+    /// Measures the daemon's figures on this binary: time to READY, ask latency with
+    /// concurrent clients during capture, drops at real-time rate, RSS over an accelerated
+    /// run of many windows.
+    Soak(soak::Args),
     /// Asks the running daemon a question (or a preset), over its socket.
     Ask(ask::Args),
     /// Prints the running daemon's status: sources, window, drops, models.
@@ -96,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckModels(args) => check::run(&cfg, args),
         Command::Serve(args) => serve::run(&cfg, args),
         Command::Ask(args) => ask::run(&cfg, args),
+        Command::Soak(args) => soak::run(&cfg, args),
         Command::Status(args) => ask::run_status(&cfg, args),
         Command::PrintDefaultConfig | Command::Prompts(_) => Ok(()),
     }
