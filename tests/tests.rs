@@ -14,3 +14,4 @@ mod model;
 mod prompts;
 mod text;
 mod token_merge;
+mod window;
