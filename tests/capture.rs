@@ -550,3 +550,24 @@ fn segmenter_steady_state_does_not_allocate() {
     assert_eq!(allocs, 0);
     assert_eq!(seg.stats().segments, 18);
 }
+
+#[test]
+fn a_uri_source_reads_like_the_file() {
+    // `uridecodebin` is what `capture.media = "rtsp://…"` uses; a file:// URI exercises it here.
+    let path = fixtures_dir().join("av_5s.webm");
+    let uri = format!("file://{}", path.display());
+    let run = capture(Source::Uri(uri), CaptureConfig::default()).unwrap();
+    assert_eq!(run.segments.len(), 5);
+    assert!(run.segments.iter().all(|s| s.frame.is_some()));
+    assert_440_hz(&run.segments[2]);
+}
+
+#[test]
+fn a_single_stream_source_ends_without_waiting_for_the_other() {
+    // The daemon runs the microphone and the camera in separate pipelines.
+    let source = Source::Audio("audiotestsrc num-buffers=20 freq=440".into());
+    let run = capture(source, CaptureConfig::default()).unwrap();
+    assert!(run.audio_samples > 0);
+    assert!(run.frames.is_empty());
+    assert_eq!(run.ends, [StreamKind::Audio]);
+}
