@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export G_DEBUG="${G_DEBUG:-fatal_warnings}"
-cargo test --locked --all-targets
+# `alsa`: the direct ALSA backend is tested too (through an ALSA file PCM).
+cargo test --locked --all-targets --features alsa

@@ -500,3 +500,68 @@ fn systemd_gets_ready_status_watchdog_and_stopping() {
     }
     assert!(stopping, "no STOPPING=1 after SIGTERM: {seen:?}");
 }
+
+/// An ALSA configuration whose PCM `tspmtest` captures from a raw 16 kHz mono S16 file (ALSA's
+/// `file` plugin over a `null` slave): the direct ALSA backend reading real PCM frames.
+#[cfg(feature = "alsa")]
+fn alsa_file_pcm(dir: &std::path::Path) -> PathBuf {
+    let raw = dir.join("tone.raw");
+    let samples: Vec<u8> = (0..16_000 * 30)
+        .flat_map(|i| {
+            let x = (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin();
+            ((x * 12_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&raw, samples).unwrap();
+    let conf = dir.join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.tspmtest {{\n type file\n slave {{ pcm {{ type null }} }}\n file \"/dev/null\"\n \
+             infile \"{}\"\n format \"raw\"\n}}\n",
+            raw.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[cfg(feature = "alsa")]
+#[test]
+fn the_alsa_backend_captures_a_pcm_and_reports_a_missing_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = alsa_file_pcm(dir.path());
+    let d = Daemon::start_with_env(
+        &format!("{WINDOW_10}[capture]\naudio = \"alsa:tspmtest\"\n"),
+        &[],
+        &[("ALSA_CONFIG_PATH", conf.to_str().unwrap())],
+    );
+    let s = d.wait_for(30, "seconds from the ALSA microphone", |s| {
+        s["segments"].as_u64() >= Some(4)
+    });
+    let audio = source(&s, "audio");
+    assert_eq!(audio["state"], "playing", "{s:#}");
+    assert_eq!(audio["description"], "alsa:tspmtest");
+    assert!(audio["audio_chunks"].as_u64().unwrap() >= 30, "{s:#}");
+    assert_eq!(s["window"]["missing_audio_s"], 0, "{s:#}");
+    assert!(
+        s["sound"].as_bool().unwrap(),
+        "a 440 Hz tone is sound: {s:#}"
+    );
+    d.terminate();
+
+    let d = Daemon::start(
+        &format!("{WINDOW_10}[capture]\naudio = \"alsa:hw:97,0\"\n"),
+        &[],
+    );
+    let s = d.wait_for(30, "the missing ALSA device to be reported", |s| {
+        source(s, "audio")["reconnects"].as_u64() >= Some(1)
+    });
+    let err = source(&s, "audio")["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("hw:97,0"), "{err}");
+    assert_eq!(source(&s, "video")["state"], "playing");
+    d.terminate();
+}

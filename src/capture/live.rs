@@ -160,13 +160,13 @@ pub struct LiveConfig {
     pub stall_timeout: Duration,
 }
 
-struct Shared {
+pub(super) struct Shared {
     status: Mutex<SourceStatus>,
-    counters: Arc<sink::Counters>,
+    pub(super) counters: Arc<sink::Counters>,
 }
 
 impl Shared {
-    fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
         // Only plain values are guarded; a panic elsewhere cannot leave them inconsistent.
         f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
@@ -218,33 +218,57 @@ impl LiveSource {
         };
         // Build once now, so that a bad description fails start-up with its own message.
         drop(runner.build(0)?);
+        let name = runner.cfg.name.clone();
+        let description = describe(&runner.cfg.source);
+        let provides = (
+            runner.cfg.source.provides(super::StreamKind::Audio),
+            runner.cfg.source.provides(super::StreamKind::Video),
+        );
+        let (restart, backoff) = (runner.cfg.restart, runner.cfg.backoff);
+        Self::supervise(
+            Supervised {
+                name,
+                description,
+                provides,
+                restart,
+                backoff,
+                counters,
+                recycler: Recycler {
+                    audio: audio_pool,
+                    frames: frame_pool,
+                },
+            },
+            runner,
+        )
+    }
+
+    /// Runs `play` under the supervisor: restarts with backoff, status, stop.
+    pub(super) fn supervise(s: Supervised, mut play: impl Play) -> Result<Self, CaptureError> {
         let shared = Arc::new(Shared {
             status: Mutex::new(SourceStatus {
-                name: runner.cfg.name.clone(),
-                description: describe(&runner.cfg.source),
+                name: s.name.clone(),
+                description: s.description,
                 state: SourceState::Starting,
                 since: Instant::now(),
                 reconnects: 0,
                 loops: 0,
                 last_error: None,
                 stats: CaptureStats::default(),
-                audio: runner.cfg.source.provides(super::StreamKind::Audio),
-                video: runner.cfg.source.provides(super::StreamKind::Video),
+                audio: s.provides.0,
+                video: s.provides.1,
             }),
-            counters,
+            counters: s.counters,
         });
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread_shared = Arc::clone(&shared);
+        let (name, restart, backoff) = (s.name.clone(), s.restart, s.backoff);
         let thread = std::thread::Builder::new()
-            .name(format!("source-{}", runner.cfg.name))
-            .spawn(move || runner.run(&thread_shared, &stop_rx))
+            .name(format!("source-{}", s.name))
+            .spawn(move || supervise(&name, restart, backoff, &mut play, &thread_shared, &stop_rx))
             .map_err(|e| CaptureError::Init { source: e.into() })?;
         Ok(LiveSource {
             shared,
-            recycler: Recycler {
-                audio: audio_pool,
-                frames: frame_pool,
-            },
+            recycler: s.recycler,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -336,8 +360,93 @@ struct Runner {
     counters: Arc<sink::Counters>,
 }
 
-/// How one run of the pipeline ended.
-enum Ended {
+/// What the supervisor needs to know about a source besides how to play it.
+pub(super) struct Supervised {
+    pub name: String,
+    pub description: String,
+    /// (audio, video) it delivers.
+    pub provides: (bool, bool),
+    pub restart: Restart,
+    pub backoff: Backoff,
+    pub counters: Arc<sink::Counters>,
+    pub recycler: Recycler,
+}
+
+/// One run of a source until it ends, fails or is told to stop: the GStreamer pipeline
+/// ([`Runner`]) or a direct device backend.
+pub(super) trait Play: Send + 'static {
+    fn play_once(&mut self, shared: &Shared, stop: &Receiver<()>) -> Ended;
+}
+
+impl Play for Runner {
+    fn play_once(&mut self, shared: &Shared, stop: &Receiver<()>) -> Ended {
+        Runner::play_once(self, shared, stop)
+    }
+}
+
+/// The supervisor loop: play, and after a loss wait out the backoff and play again.
+fn supervise(
+    name: &str,
+    restart: Restart,
+    backoff: Backoff,
+    play: &mut impl Play,
+    shared: &Shared,
+    stop: &Receiver<()>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        shared.update(|s| {
+            s.state = SourceState::Starting;
+            s.since = Instant::now();
+        });
+        let started = Instant::now();
+        let ended = play.play_once(shared, stop);
+        let played = started.elapsed();
+        let error = match ended {
+            Ended::Stop => break,
+            Ended::Eos if restart == Restart::Loop => {
+                shared.update(|s| s.loops += 1);
+                tracing::debug!(source = %name, "looping");
+                failures = 0;
+                continue;
+            }
+            Ended::Eos => "end of stream".to_string(),
+            Ended::Failed(message) => message,
+        };
+        if played >= backoff.reset_after {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let wait = backoff.delay(failures);
+        tracing::warn!(source = %name, error = %error, retry_in = ?wait, "source lost");
+        shared.update(|s| {
+            s.state = SourceState::Reconnecting;
+            s.since = Instant::now();
+            s.last_error = Some(error);
+        });
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+        }
+        shared.update(|s| s.reconnects += 1);
+    }
+    shared.update(|s| {
+        s.state = SourceState::Stopped;
+        s.since = Instant::now();
+    });
+}
+
+/// Marks a source as playing (once its first item is out).
+pub(super) fn mark_playing(shared: &Shared, name: &str) {
+    tracing::info!(source = %name, "playing");
+    shared.update(|s| {
+        s.state = SourceState::Playing;
+        s.since = Instant::now();
+    });
+}
+
+/// How one run of a source ended.
+pub(super) enum Ended {
     Stop,
     Eos,
     Failed(String),
@@ -360,51 +469,6 @@ impl Runner {
         };
         let pipeline = pipeline::build(&self.cfg.source, &self.cfg.capture, ctx, ctrl_tx)?;
         Ok((pipeline, ctrl_rx, pacer))
-    }
-
-    fn run(self, shared: &Shared, stop: &Receiver<()>) {
-        let name = self.cfg.name.clone();
-        let mut failures: u32 = 0;
-        loop {
-            shared.update(|s| {
-                s.state = SourceState::Starting;
-                s.since = Instant::now();
-            });
-            let started = Instant::now();
-            let ended = self.play_once(shared, stop);
-            let played = started.elapsed();
-            let error = match ended {
-                Ended::Stop => break,
-                Ended::Eos if self.cfg.restart == Restart::Loop => {
-                    shared.update(|s| s.loops += 1);
-                    tracing::debug!(source = %name, "looping");
-                    failures = 0;
-                    continue;
-                }
-                Ended::Eos => "end of stream".to_string(),
-                Ended::Failed(message) => message,
-            };
-            if played >= self.cfg.backoff.reset_after {
-                failures = 0;
-            }
-            failures = failures.saturating_add(1);
-            let wait = self.cfg.backoff.delay(failures);
-            tracing::warn!(source = %name, error = %error, retry_in = ?wait, "source lost");
-            shared.update(|s| {
-                s.state = SourceState::Reconnecting;
-                s.since = Instant::now();
-                s.last_error = Some(error);
-            });
-            match stop.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-            shared.update(|s| s.reconnects += 1);
-        }
-        shared.update(|s| {
-            s.state = SourceState::Stopped;
-            s.since = Instant::now();
-        });
     }
 
     /// Runs the pipeline until it ends, fails, stalls or is told to stop.
@@ -476,11 +540,7 @@ impl Runner {
                 last_item = Instant::now();
                 if !playing {
                     playing = true;
-                    tracing::info!(source = %self.cfg.name, "playing");
-                    shared.update(|s| {
-                        s.state = SourceState::Playing;
-                        s.since = Instant::now();
-                    });
+                    mark_playing(shared, &self.cfg.name);
                 }
             } else if last_item.elapsed() >= self.cfg.stall_timeout {
                 return Ended::Failed(format!(

@@ -29,6 +29,8 @@
 //! [`Capture`] disconnects the channel first (releasing streaming threads that wait on it) and
 //! then stops the pipeline.
 
+#[cfg(feature = "alsa")]
+pub mod alsa;
 mod error;
 mod live;
 mod pace;

@@ -257,9 +257,45 @@ fn start_sources(
     configs
         .into_iter()
         .map(|lc| {
+            if let Source::Audio(description) = &lc.source
+                && let Some(device) = description.strip_prefix("alsa:")
+            {
+                return alsa_source(device.trim(), lc.backoff, clock, tx);
+            }
             let name = lc.name.clone();
             LiveSource::spawn(lc, clock, tx.clone())
                 .with_context(|| format!("starting the {name} source"))
         })
         .collect()
+}
+
+/// `capture.audio = "alsa:<pcm>"`: the direct ALSA backend.
+#[cfg(feature = "alsa")]
+fn alsa_source(
+    device: &str,
+    backoff: Backoff,
+    clock: LiveClock,
+    tx: &crossbeam_channel::Sender<crate::capture::Captured>,
+) -> anyhow::Result<LiveSource> {
+    let cfg = crate::capture::alsa::AlsaConfig {
+        name: "audio".into(),
+        device: device.to_string(),
+        backoff,
+    };
+    crate::capture::alsa::spawn(cfg, clock, tx.clone())
+        .with_context(|| format!("starting the ALSA source {device:?}"))
+}
+
+#[cfg(not(feature = "alsa"))]
+fn alsa_source(
+    device: &str,
+    _: Backoff,
+    _: LiveClock,
+    _: &crossbeam_channel::Sender<crate::capture::Captured>,
+) -> anyhow::Result<LiveSource> {
+    anyhow::bail!(
+        "config key `capture.audio` = \"alsa:{device}\": this tspm-edge was built without the \
+         `alsa` feature (cargo build --features alsa), or use a GStreamer description such as \
+         \"alsasrc device={device}\""
+    )
 }
