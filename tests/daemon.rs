@@ -565,3 +565,28 @@ fn the_alsa_backend_captures_a_pcm_and_reports_a_missing_device() {
     assert_eq!(source(&s, "video")["state"], "playing");
     d.terminate();
 }
+
+#[test]
+fn a_notify_socket_nobody_reads_blocks_nothing() {
+    // A datagram socket's queue fills after a few messages and then `sendto` blocks; the
+    // watchdog pings every 200 ms here, so the queue is full within seconds.
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let never_read = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    // The smallest receive buffer: a couple of messages fill it.
+    nix::sys::socket::setsockopt(&never_read, nix::sys::socket::sockopt::RcvBuf, &1).unwrap();
+    let d = Daemon::start_with_env(
+        WINDOW_10,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000"),
+        ],
+    );
+    let before = d.status()["segments"].as_u64().unwrap();
+    d.wait_for(30, "segments to go on", |s| {
+        s["segments"].as_u64().unwrap() >= before + 4
+    });
+    let took = d.terminate();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+}

@@ -156,6 +156,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         source.stop();
     }
     engine.shutdown(Duration::from_secs(10))?;
+    systemd::flush(Duration::from_secs(1));
     tracing::info!(
         stop_ms = stopping.elapsed().as_millis() as u64,
         "stopped cleanly"
