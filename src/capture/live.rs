@@ -505,6 +505,11 @@ impl Runner {
         let mut seen = items();
         let mut last_item = Instant::now();
         let mut playing = false;
+        // A looped file plays in segment-seek mode: at its end the pipeline posts
+        // SEGMENT_DONE and a non-flushing seek back to 0 goes on without a gap, the running
+        // time still rising. (The first, flushing, seek switches the mode on once prerolled.)
+        let looped = self.cfg.restart == Restart::Loop;
+        let mut segment_mode = false;
         loop {
             match stop.try_recv() {
                 Err(TryRecvError::Empty) => {}
@@ -520,10 +525,41 @@ impl Runner {
                     gst::MessageType::Error,
                     gst::MessageType::Eos,
                     gst::MessageType::Warning,
+                    gst::MessageType::AsyncDone,
+                    gst::MessageType::SegmentDone,
                 ],
             ) {
                 match msg.view() {
                     gst::MessageView::Eos(_) => return Ended::Eos,
+                    gst::MessageView::AsyncDone(_) if looped && !segment_mode => {
+                        segment_mode = true;
+                        if let Some(pipeline) =
+                            msg.src().and_then(|s| s.downcast_ref::<gst::Pipeline>())
+                            && pipeline
+                                .seek_simple(
+                                    gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT,
+                                    gst::ClockTime::ZERO,
+                                )
+                                .is_err()
+                        {
+                            // Not seekable: it will end and be restarted instead.
+                            tracing::debug!(source = %self.cfg.name, "no segment seek");
+                        }
+                    }
+                    gst::MessageView::SegmentDone(_) => {
+                        if let Some(pipeline) =
+                            msg.src().and_then(|s| s.downcast_ref::<gst::Pipeline>())
+                        {
+                            if pipeline
+                                .seek_simple(gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)
+                                .is_err()
+                            {
+                                return Ended::Eos;
+                            }
+                            shared.update(|s| s.loops += 1);
+                            tracing::debug!(source = %self.cfg.name, "looped");
+                        }
+                    }
                     gst::MessageView::Error(err) => {
                         let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
                         return Ended::Failed(format!("`{element}`: {}", err.error()));
