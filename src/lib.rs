@@ -19,6 +19,7 @@ pub mod engine;
 pub mod features;
 pub mod featurizer;
 pub mod gpio;
+pub mod memory;
 pub mod model;
 pub mod prompts;
 pub mod pts;

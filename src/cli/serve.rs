@@ -47,6 +47,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     for m in models.info() {
         tracing::info!(model = %m.id, sha256 = %&m.sha256[..12.min(m.sha256.len())], reason = %m.reason, "model");
     }
+    crate::memory::trim();
     let clock = LiveClock::start();
     let (tx, rx) = crossbeam_channel::bounded(CAPTURE_QUEUE);
     let sources = start_sources(cfg, &args, clock, &tx)?;
