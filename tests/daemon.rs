@@ -65,7 +65,7 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + scaled(60);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("serve exited early with {status}:\n{}", self.log());
@@ -80,7 +80,7 @@ impl Daemon {
 
     fn connect(&self) -> (BufReader<UnixStream>, UnixStream) {
         let s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(scaled(30))).unwrap();
         (BufReader::new(s.try_clone().unwrap()), s)
     }
 
@@ -106,7 +106,7 @@ impl Daemon {
 
     /// Polls status until `pred` holds (or panics with the last status after `secs`).
     fn wait_for(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let deadline = Instant::now() + scaled(secs);
         loop {
             let s = self.status();
             if pred(&s) {
@@ -171,6 +171,17 @@ fn code(reply: &Value) -> &str {
 }
 
 const WINDOW_10: &str = "[window]\nseconds = 10\n";
+
+/// Deadlines stretch under emulation: `cross/test.sh` sets TSPM_TEST_TIME_SCALE (qemu is
+/// several times slower than the host).
+fn scaled(secs: u64) -> Duration {
+    let scale: u64 = std::env::var("TSPM_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    Duration::from_secs(secs * scale)
+}
 
 #[test]
 fn serve_answers_over_the_socket_and_refuses_bad_requests_with_codes() {
