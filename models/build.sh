@@ -66,6 +66,8 @@ else
 fi
 log "building into $MODEL_DIR"
 "$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
-# The TSPM head (untrained until the training issue lands) reads check_inputs.npz from above.
+# The TSPM head: ONNX fp32 + int8 built from the committed trained weights (models/head/,
+# written by models/train.sh) when present, else the untrained seed head; reads
+# check_inputs.npz from above.
 log "TSPM head (models/export_head.py)"
 exec "$VENV/bin/python" -W ignore "$HERE/export_head.py" --model-dir "$MODEL_DIR" --runs 10 "${FORCE[@]}"

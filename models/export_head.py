@@ -10,8 +10,11 @@ DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_head_report.json  every number printed below
   manifest-head.toml     the head's [[model]] entries (sha256, inputs, outputs) for the runtime;
                          a later run with the same scripts and files exits in a second
-The head is UNTRAINED (fixed seed) until a training script exists: the numbers check the graph,
-not the answers. Exit status 1 if any fp32 check fails.
+Weights: the trained head committed in models/head/tspm_head.npz (written by models/train.py:
+int8 per output row + scales, fp16 vectors; dequantised here) when that file exists, else the
+UNTRAINED head (fixed seed; `--untrained` forces it). The int8 calibration and the check cases
+use real question / prompt embeddings from calib_text.npz next to the weights when it exists
+(random unit vectors otherwise). Exit status 1 if any fp32 check fails.
 """
 
 import argparse
@@ -38,6 +41,10 @@ INPUTS = ["audio", "visual", "patches", "question", "prompt", "valid"]
 OUTPUTS = ["logits", "temporal_weights", "selected", "spm_attention"]
 N_TOK = 14
 SEED = 20240731  # weights; arXiv 2407.20693 went up on 2024-07-30, any fixed value would do
+HEAD_WEIGHTS = os.path.join(HERE, "head", "tspm_head.npz")  # trained (models/train.py)
+CALIB_TEXT = "calib_text.npz"  # next to the weights: real question/prompt embedding pairs
+# What the weights are, for the ONNX doc string and the manifest; set in main().
+WEIGHTS_DESC = f"UNTRAINED, seed {SEED}"
 
 
 def log(msg):
@@ -55,7 +62,7 @@ class Features:
     Otherwise: ReLU'd Gaussians with similar sparsity. Question/prompt: random unit vectors
     (MiniLM sentence embeddings are L2-normalised)."""
 
-    def __init__(self, model_dir=None):
+    def __init__(self, model_dir=None, text_path=None):
         path = os.path.join(model_dir, "check_inputs.npz") if model_dir else ""
         self.real = bool(path) and os.path.exists(path)
         if self.real:
@@ -67,6 +74,11 @@ class Features:
             self.tokens = np.stack([toks[:, g].mean(axis=1) for g in groups], axis=1)
         self.source = ("real encoder outputs from check_inputs.npz" if self.real
                        else "synthetic ReLU(Gaussian)")
+        self.text = None
+        if text_path and os.path.exists(text_path):
+            t = np.load(text_path)
+            self.text = (t["question"].astype(np.float32), t["prompt"].astype(np.float32))
+            self.source += f"; question/prompt: {len(self.text[0])} real MiniLM pairs from {text_path}"
 
     def make(self, rng, b, t, valid=None, nan_invalid=False):
         def jitter(x):
@@ -89,8 +101,13 @@ class Features:
 
         if valid is None:
             valid = np.ones((b, t), np.float32)
-        x = dict(audio=audio, visual=visual, patches=patches, question=unit(384),
-                 prompt=unit(384), valid=valid.astype(np.float32))
+        if self.text is not None:  # a real (question, prompt) pair per row
+            j = rng.integers(0, len(self.text[0]), size=b)
+            question, prompt = self.text[0][j], self.text[1][j]
+        else:
+            question, prompt = unit(384), unit(384)
+        x = dict(audio=audio, visual=visual, patches=patches, question=question,
+                 prompt=prompt, valid=valid.astype(np.float32))
         if nan_invalid:  # what a caller might leave in missing seconds
             inv = valid < 0.5
             for name in ("audio", "visual", "patches"):
@@ -142,11 +159,11 @@ def export(model, path):
             else:
                 d.dim_value = v
     m.producer_name, m.doc_string = "tspm-edge models/export_head.py", (
-        "TSPM answer head (spec/tspm.md §2), UNTRAINED (seed %d). Inputs: audio [B,T,1024], "
+        "TSPM answer head (spec/tspm.md §2), %s. Inputs: audio [B,T,1024], "
         "visual [B,T,1280], patches [B,T,14,1280], question [B,384], prompt [B,384], valid [B,T] "
         "(1 = real second); T >= 10. Outputs: logits [B,A], temporal_weights [B,T], "
         "selected [B,10] int64 (ascending; padding slots repeat slot 0), spm_attention [B,10,14]."
-        % SEED)
+        % WEIGHTS_DESC)
     drop_initializer_identities(m)
     name_output_nodes(m)
     onnx.checker.check_model(m, full_check=True)
@@ -536,23 +553,31 @@ HEAD_IO = {
 }
 
 
-def inputs_stamp():
-    """Hash of everything the head files are made from."""
+def calib_text(weights):
+    return os.path.join(os.path.dirname(weights), CALIB_TEXT) if weights else None
+
+
+def inputs_stamp(weights=None):
+    """Hash of everything the head files are made from (the weights file when trained)."""
     h = hashlib.sha256()
-    for f in ("tspm.py", "export_head.py", "answers.txt"):
+    files = ["tspm.py", "export_head.py", "answers.txt"]
+    if weights:
+        calib = calib_text(weights)
+        files += [weights] + ([calib] if os.path.exists(calib) else [])
+    for f in files:
         with open(os.path.join(HERE, f), "rb") as fh:
-            h.update(f.encode() + b"\0" + fh.read())
+            h.update(os.path.basename(f).encode() + b"\0" + fh.read())
     return h.hexdigest()
 
 
-def write_manifest(model_dir, files, n_answers, report):
+def write_manifest(model_dir, files, n_answers, report, weights=None):
     """DIR/manifest-head.toml: the head's entries in the runtime's manifest format."""
     lines = ["# TSPM head. Written by models/export_head.py; read with manifest.toml.",
-             f"# inputs-stamp = {inputs_stamp()}", ""]
+             f"# inputs-stamp = {inputs_stamp(weights)}", ""]
     for precision, path in files:
         lines += ["[[model]]", 'name = "tspm_head"', f'precision = "{precision}"',
                   f'file = "{os.path.basename(path)}"', f'sha256 = "{sha256(path)}"',
-                  f'source = "models/tspm.py (this repository), UNTRAINED, seed {SEED}"',
+                  f'source = "models/tspm.py (this repository), {WEIGHTS_DESC}"',
                   'licence = "Apache-2.0"', 'answers = "tspm_head_answers.txt"']
         if precision == "int8":
             r8 = report.get("int8", {})
@@ -574,12 +599,12 @@ def write_manifest(model_dir, files, n_answers, report):
         f.write("\n".join(lines))
 
 
-def up_to_date(model_dir):
+def up_to_date(model_dir, weights=None):
     path = os.path.join(model_dir, "manifest-head.toml")
     if not os.path.exists(path):
         return False
     text = open(path).read()
-    if f"# inputs-stamp = {inputs_stamp()}" not in text:
+    if f"# inputs-stamp = {inputs_stamp(weights)}" not in text:
         return False
     for line in text.splitlines():
         if line.startswith("file = "):
@@ -598,9 +623,15 @@ def main():
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    ap.add_argument("--weights", default=HEAD_WEIGHTS if os.path.exists(HEAD_WEIGHTS) else None,
+                    help="trained weights (models/train.py's compact .npz); default "
+                         "models/head/tspm_head.npz when it exists")
+    ap.add_argument("--untrained", action="store_true", help="export the seed head")
     args = ap.parse_args()
+    global WEIGHTS_DESC
+    weights = None if args.untrained else args.weights
     os.makedirs(args.model_dir, exist_ok=True)
-    if not args.force and up_to_date(args.model_dir):
+    if not args.force and up_to_date(args.model_dir, weights):
         log(f"head files in {args.model_dir} are up to date (manifest-head.toml)")
         return 0
     torch.set_num_threads(1)
@@ -610,11 +641,20 @@ def main():
     answers = tspm.read_answers(os.path.join(HERE, "answers.txt"))
     torch.manual_seed(SEED)
     model = tspm.TSPMHead(len(answers), **tspm.OUR_DIMS).eval()
+    if weights:
+        from train import load_compact
+        meta = load_compact(model, weights)
+        model.eval()
+        WEIGHTS_DESC = (f"trained ({os.path.basename(weights)} sha256 {sha256(weights)[:12]}, "
+                        f"best epoch {meta.get('best_epoch')}, see models/head/train_report.json)")
+        report["weights"] = dict(file=weights, sha256=sha256(weights), meta=meta)
+    else:
+        report["weights"] = dict(untrained_seed=SEED)
     n_ours = tspm.count_params(model)
     n_paper = tspm.count_params(tspm.TSPMHead(len(answers), **tspm.PAPER_DIMS))
     report["params"] = dict(ours=n_ours, paper_dims=n_paper,
                             breakdown=tspm.param_breakdown(model), answers=len(answers))
-    log(f"TSPM head, seed {SEED} (UNTRAINED), A={len(answers)}: {n_ours:,} parameters with our "
+    log(f"TSPM head, {WEIGHTS_DESC}, A={len(answers)}: {n_ours:,} parameters with our "
         f"input dims 1024/1280/1280/384/384; {n_paper:,} with the paper's 128/768/1024/768/768")
 
     ok = check_answers(answers, report)
@@ -631,7 +671,7 @@ def main():
     for kind in ("inputs", "outputs"):
         log(f"{kind}: " + "; ".join(f"{n} {dt} {d}" for n, dt, d in g[kind]))
 
-    feats = Features(args.model_dir)
+    feats = Features(args.model_dir, calib_text(weights))
     report["check_inputs"] = feats.source
     log(f"check inputs: {feats.source}")
     ok &= check_fp32(model, fp32, feats, report)
@@ -657,7 +697,7 @@ def main():
         json.dump(report, f, indent=1)
     if ok:
         write_manifest(args.model_dir, [("fp32", fp32)] + ([("int8", int8)] if int8 else []),
-                       len(answers), report)
+                       len(answers), report, weights)
     log("all checks passed (answers vocabulary, fp32 ONNX vs PyTorch)" if ok
         else "SOME CHECKS FAILED")
     return 0 if ok else 1

@@ -1,0 +1,249 @@
+"""Accuracy per question type on the held-out test scenes (models/data/make_dataset.py).
+
+    ~/.cache/tspm-edge/venv/bin/python models/eval.py [--data DIR] [--model-dir DIR]
+        [--tract FILE] [--split test] [--out models/head/eval_report.json] [--no-ort]
+
+Rows of the table (each over the same test questions):
+  blind prior       the most frequent training answer for the question's template and slot
+                    values (backing off to the template's most frequent answer for value
+                    combinations training never asked); sees no clip
+  PyTorch           the shipped head (models/head/tspm_head.npz, dequantised) in PyTorch
+  PyTorch exact     the best epoch's fp32 weights before the compact form (DIR/full.fp32.pt,
+                    not committed), if present
+  onnxruntime fp32 / int8   tspm_head.{fp32,int8}.onnx of the model dir, one clip per call
+                    with all its questions as the batch, T = the clip's seconds (>= 10)
+  tract fp32 / int8 from `tspm-edge eval DIR/test.jsonl` (its JSON, given with --tract)
+  ablations         variants retrained by `models/train.py --variant V` (DIR/variants/V.pt):
+                    qprompt (question as prompt), alltime (no temporal selection: all seconds),
+                    nomerge (no token merging: fixed 14 groups of the 7x7 grid)
+For PyTorch and onnxruntime the test clips' tokens are merged again from extract's .npz with the
+reference (models/token_merge.py) in float32 -- the values the Rust runtime computes -- rather
+than read from the training cache (which stores them as float16).
+
+Prints a Markdown table (accuracy in %, per type and overall, with the number of questions) and
+int8-vs-fp32 answer agreement; writes every number to --out.
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import train as T  # noqa: E402
+import tspm  # noqa: E402
+from token_merge import merge_tokens  # noqa: E402
+
+TYPE_NAMES = [T.type_name(t) for t in T.TYPES]
+
+
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log(msg):
+    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+
+def blind_prior(train_recs, test_recs):
+    """Most frequent training answer per (template, slot values), else per template."""
+    by_key, by_tid = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    for r in train_recs:
+        by_key[(r["template_id"], tuple(r["templ_values"]))][r["answer_index"]] += 1
+        by_tid[r["template_id"]][r["answer_index"]] += 1
+    overall = collections.Counter(r["answer_index"] for r in train_recs)
+    pred, backoff = [], 0
+
+    def top(counter):  # ties: the lower answer index
+        return min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+    for r in test_recs:
+        key = (r["template_id"], tuple(r["templ_values"]))
+        if by_key.get(key):
+            pred.append(top(by_key[key]))
+        else:
+            backoff += 1
+            pred.append(top(by_tid[r["template_id"]]) if by_tid.get(r["template_id"]) else top(overall))
+    return np.array(pred), backoff
+
+
+def refresh_patches(split):
+    """Replace the float16 cached tokens by float32 ones merged again from extract's .npz."""
+    t0 = time.time()
+    for c in split.clips:
+        raw = split.records[c["rec"][0]]["npz"]
+        tok = np.load(raw)["tokens"]
+        c["patches"] = np.stack([merge_tokens(tok[t], 14)[0] for t in range(len(tok))])
+    log(f"re-merged {len(split.clips)} clips' tokens in float32 ({time.time() - t0:.0f} s)")
+
+
+def ort_predict(path, split, emb, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    pred = np.full(split.n_questions, -1, np.int64)
+    t0 = time.time()
+    for c in split.clips:
+        t_real = len(c["valid"])
+        t = max(t_real, 10)
+        n = len(c["ans"])
+
+        def pad(x):
+            out = np.zeros((t,) + x.shape[1:], np.float32)
+            out[:t_real] = x
+            return np.broadcast_to(out, (n,) + out.shape).copy()
+
+        valid = np.zeros(t, np.float32)
+        valid[:t_real] = 1
+        x = dict(audio=pad(c["audio"]), visual=pad(c["visual"]), patches=pad(c["patches"]),
+                 question=emb[c["q"]], prompt=emb[c["p"]],
+                 valid=np.broadcast_to(valid, (n, t)).copy())
+        logits = sess.run(["logits"], x)[0]
+        pred[c["rec"]] = logits.argmax(1)
+    log(f"onnxruntime {os.path.basename(path)}: {split.n_questions} questions in {time.time() - t0:.0f} s")
+    return pred
+
+
+def load_model(n_answers, state=None, compact=None):
+    model = tspm.TSPMHead(n_answers, **tspm.OUR_DIMS)
+    if compact:
+        T.load_compact(model, compact)
+    if state:
+        model.load_state_dict(torch.load(state))
+    return model.eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=T.default_data_dir())
+    ap.add_argument("--model-dir", default=os.environ.get(
+        "TSPM_MODEL_DIR", os.path.expanduser("~/.cache/tspm-edge/models")))
+    ap.add_argument("--weights", default=os.path.join(HERE, "head", "tspm_head.npz"))
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--tract", help="JSON printed by `tspm-edge eval` on the same split")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(HERE, "head", "eval_report.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    answers = tspm.read_answers(os.path.join(HERE, "answers.txt"))
+    emb, text = T.load_text(args.data)
+    train_recs = read_jsonl(os.path.join(args.data, "train.jsonl"))
+    split = T.Split(args.data, args.split, "full", text)
+    recs = split.records
+    log(f"{args.split}: {len(split.clips)} clips, {split.n_questions} questions")
+    rows, preds = collections.OrderedDict(), {}
+
+    def add(name, pred, note=""):
+        preds[name] = pred
+        rows[name] = dict(table=T.accuracy_table(recs, pred), note=note)
+        log(f"{name}: {T.fmt_table(rows[name]['table'])}")
+
+    pred, backoff = blind_prior(train_recs, recs)
+    add("blind prior", pred, f"{backoff} of {len(recs)} questions backed off to the template")
+    refresh_patches(split)
+    model = load_model(len(answers), compact=args.weights)
+    add("PyTorch (shipped weights)", T.predict(model, split, emb)[0], os.path.relpath(args.weights, os.path.dirname(HERE)))
+    exact = os.path.join(args.data, "full.fp32.pt")
+    if os.path.exists(exact):
+        add("PyTorch (exact fp32 before compacting)", T.predict(load_model(len(answers), state=exact), split, emb)[0])
+    if not args.no_ort:
+        for prec in ("fp32", "int8"):
+            path = os.path.join(args.model_dir, f"tspm_head.{prec}.onnx")
+            # predictions are cached per model file (sha256) and split
+            cache = os.path.join(args.data, f"ort_{args.split}_{sha256(path)[:16]}.npy")
+            if os.path.exists(cache):
+                pred = np.load(cache)
+                log(f"onnxruntime {prec}: predictions from {cache}")
+            else:
+                pred = ort_predict(path, split, emb, args.threads)
+                np.save(cache, pred)
+            add(f"onnxruntime {prec}", pred, path)
+    if args.tract:
+        with open(args.tract) as f:
+            tr = json.load(f)
+        for prec, tab in tr["accuracy"].items():
+            table = {k: dict(v) for k, v in tab["by_type"].items()}
+            table["overall"] = dict(tab["overall"])
+            rows[f"tract {prec}"] = dict(table=table, note=f"tspm-edge eval, {tr['heads'].get(prec, '')}")
+        if tr.get("int8_agrees_with_fp32") is not None:
+            rows["tract int8"]["int8_agrees_with_fp32"] = tr["int8_agrees_with_fp32"]
+    for v in ("qprompt", "alltime", "nomerge"):
+        path = os.path.join(args.data, "variants", f"{v}.pt")
+        if not os.path.exists(path):
+            log(f"ablation {v}: {path} missing (models/train.py --variant {v})")
+            continue
+        vs = T.Split(args.data, args.split, v, text)
+        if v != "nomerge":
+            for c, c32 in zip(vs.clips, split.clips):
+                c["patches"] = c32["patches"]
+        name = {"qprompt": "ablation: question as prompt", "alltime": "ablation: no temporal selection (all seconds)",
+                "nomerge": "ablation: no token merging (fixed groups)"}[v]
+        add(name, T.predict(load_model(len(answers), state=path), vs, emb, all_time=v == "alltime")[0])
+
+    agree = {}
+    if "onnxruntime fp32" in preds and "onnxruntime int8" in preds:
+        agree["onnxruntime int8 vs fp32"] = float(np.mean(preds["onnxruntime fp32"] == preds["onnxruntime int8"]))
+        agree["onnxruntime fp32 vs PyTorch (shipped)"] = float(
+            np.mean(preds["onnxruntime fp32"] == preds["PyTorch (shipped weights)"]))
+    if args.tract and rows.get("tract int8", {}).get("int8_agrees_with_fp32") is not None:
+        agree["tract int8 vs fp32"] = rows["tract int8"]["int8_agrees_with_fp32"]
+
+    # the goal: every type >= 25 points above the blind prior
+    prior = rows["blind prior"]["table"]
+    goal = {}
+    for name, row in rows.items():
+        if name == "blind prior":
+            continue
+        margins = {k: 100 * (row["table"][k]["acc"] - prior[k]["acc"]) for k in TYPE_NAMES + ["overall"]
+                   if k in row["table"]}
+        row["points_above_prior"] = margins
+        goal[name] = all(margins.get(k, -1) >= 25 for k in TYPE_NAMES)
+
+    cols = TYPE_NAMES + ["overall"]
+    short = {n: n.replace("Audio-Visual", "AV").replace("Comparative", "Comp.").replace("Counting", "Count.")
+                .replace("Existential", "Exist.").replace("Location", "Loc.").replace("Temporal", "Temp.")
+             for n in cols}
+    lines = ["| | " + " | ".join(short[c] for c in cols) + " |",
+             "| --- |" + " ---: |" * len(cols),
+             "| questions | " + " | ".join(str(prior[c]["total"]) for c in cols) + " |"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * row['table'][c]['acc']:.1f}" if c in row["table"] else "–" for c in cols) + " |")
+    table_md = "\n".join(lines)
+    print(table_md)
+    for k, v in agree.items():
+        print(f"{k}: {100 * v:.2f} % of answers equal")
+    for k, v in goal.items():
+        print(f"goal (every type >= 25 points above the blind prior): {k}: {'met' if v else 'NOT met'}")
+    report = dict(split=args.split, clips=len(split.clips), questions=split.n_questions, rows=rows,
+                  agreement=agree, goal_every_type_25_points=goal, markdown=table_md,
+                  data=args.data, model_dir=args.model_dir)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

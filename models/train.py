@@ -1,0 +1,542 @@
+"""Train the TSPM head (models/tspm.py) on the synthetic data set of models/data/make_dataset.py.
+
+    ~/.cache/tspm-edge/venv/bin/python models/train.py [--data DIR] [--variant full]
+        [--epochs 14] [--clips-per-batch 2] [--lr 2e-4] [--seed 7] [--threads 1]
+        [--out models/head] [--no-export]
+
+(`bash models/train.sh` runs the whole chain: data set, this, export, evaluation.)
+
+**What it trains on.** DIR/<split>.jsonl (one line per question) and, per clip,
+<clip>.head.npz: the features `tspm-edge extract` wrote (the serving path), each second's 7x7
+token grid merged to 14 tokens by the reference token merging (models/token_merge.py, the
+algorithm the Rust runtime runs), and the MiniLM embeddings (DIR/text.npz) of the question
+text and the declarative prompt from the Rust prompt constructor (`tspm-edge prompts`). A clip
+is one window: T = its length in seconds (10-30 here), exactly what `tspm-edge answer` feeds
+the head; clips of one batch are padded to the longest with `valid = 0`, which the head masks
+(a clip shorter than k = 10 s would be padded the same way).
+
+**Recipe** (spec §2: Adam, lr 1e-4, batch 64, 30 epochs, lr x0.1 every 8 epochs, best epoch on
+validation), adapted to ~400 clips / ~19k questions on 2 CPU cores: a batch is
+`--clips-per-batch` clips with *all* their questions (~95 questions), Adam lr 2e-4, `--epochs`
+epochs with lr x0.1 after 2/3 of them, dropout 0.1 as in the head, cross-entropy over the 42
+answers of models/answers.txt, the best epoch by validation accuracy, fixed seeds. Weights
+start from the export seed (models/export_head.py SEED). Inputs are standardized per feature
+(training-set mean / std) while training, and the standardization is then folded into the
+three input projections, so the exported head takes the raw features (checked: same
+validation accuracy). Chosen on a 100-clip pilot: 8 clips per batch at lr 3e-4 (156 steps)
+stayed at the blind prior's level; more, smaller steps at a lower lr and standardized inputs
+did best of the three tried.
+
+**Why it is fast enough.** In TSPM only the temporal selection, the question grounding and the
+fusion depend on the question; the AV layer and the SPM of a second depend on the clip alone
+(the SPM query is that second's audio). `GroupedHead` runs the clip part once per clip (SPM
+for every valid second) and the question part per question, gathering the k selected seconds
+from the clip's tensors; Linears commute with the gather, so the keys / values of the
+question-grounding attention are projected per second, not per question. This is the same
+function as `TSPMHead.forward` per question (checked at start-up, max |d| printed); dropout
+masks of the clip part are shared by the questions of a clip. The selection (top-k over the
+prompt's attention) has no gradient, as in the paper: TPM's query/key and the prompt
+projection keep their initial values; the prompt acts through which seconds are selected.
+
+**Variants** (the ablations of spec/paper, each trained with the same recipe):
+  full         the head as shipped
+  qprompt      the question embedding is also fed as the prompt (no declarative prompt)
+  alltime      no temporal selection: every valid second is "selected" (k = T)
+  nomerge      no token merging: the 14 tokens are fixed contiguous row-major groups of the
+               7x7 grid (3-4 patches averaged), not the content-adaptive merge
+
+Writes (variant full, unless --no-export): `--out`/tspm_head.npz (the trained weights, int8
+per output row + fp32 scales for matrices, fp16 for vectors; see models/head/README.md),
+`--out`/train_report.json, then runs models/export_head.py to build the ONNX files from them.
+Other variants write DIR/variants/<variant>.pt and DIR/variants/<variant>.json.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import tspm  # noqa: E402
+from tspm import NEG_INF, batch_gather, masked_mean  # noqa: E402
+
+SEED = 20240731  # = export_head.SEED: training starts from the untrained head's weights
+VARIANTS = ("full", "qprompt", "alltime", "nomerge")
+TYPES = [["Audio", "Counting"], ["Audio", "Comparative"], ["Visual", "Counting"],
+         ["Visual", "Location"], ["Audio-Visual", "Existential"], ["Audio-Visual", "Counting"],
+         ["Audio-Visual", "Location"], ["Audio-Visual", "Comparative"], ["Audio-Visual", "Temporal"]]
+
+
+def log(msg):
+    print(f"[train] {msg}", flush=True)
+
+
+def default_data_dir():
+    return os.environ.get("TSPM_DATA_DIR", os.path.expanduser("~/.cache/tspm-edge/data"))
+
+
+def type_name(t):
+    return f"{t[0]} {t[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+class Split:
+    """One split in memory: per clip its head inputs and its questions."""
+
+    def __init__(self, data_dir, split, variant, text):
+        path = os.path.join(data_dir, f"{split}.jsonl")
+        with open(path) as f:
+            recs = [json.loads(line) for line in f]
+        self.records = recs
+        by_clip = {}
+        for i, r in enumerate(recs):
+            by_clip.setdefault(r["clip_id"], []).append(i)
+        self.clips = []
+        for cid in sorted(by_clip):
+            idx = by_clip[cid]
+            d = np.load(recs[idx[0]]["head_npz"])
+            q = np.array([text[recs[i]["question"]] for i in idx])
+            p = q if variant == "qprompt" else np.array([text[recs[i]["prompt"]] for i in idx])
+            self.clips.append(dict(
+                clip_id=cid, audio=d["audio"], visual=d["visual"],
+                patches=d["pooled14" if variant == "nomerge" else "patches"], valid=d["valid"],
+                q=q, p=p, ans=np.array([recs[i]["answer_index"] for i in idx]),
+                rec=np.array(idx)))
+        self.n_questions = len(recs)
+
+
+INPUTS = (("audio", "proj_audio"), ("visual", "proj_visual"), ("patches", "proj_patch"))
+
+
+def input_stats(split):
+    """Per-feature mean and std of audio, visual and patch tokens over the training seconds."""
+    out = {}
+    for key, _ in INPUTS:
+        x = np.concatenate([c[key].reshape(-1, c[key].shape[-1]).astype(np.float64) for c in split.clips])
+        out[key] = (x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-2).astype(np.float32))
+    return out
+
+
+def standardize(split, stats):
+    """In place: (x - mean) / std per feature (training only; folded into the projections)."""
+    for c in split.clips:
+        for key, _ in INPUTS:
+            mu, sd = stats[key]
+            c[key] = ((c[key].astype(np.float32) - mu) / sd).astype(np.float32)
+
+
+def fold_standardization(model, stats):
+    """Folds the input standardization into the input Linears, so that the head takes raw
+    features: W' = W / std, b' = b - W' mean. Invalid seconds are zeroed before the
+    projection either way and never reach an output (masked keys, means, gathers)."""
+    with torch.no_grad():
+        for key, layer in INPUTS:
+            lin = getattr(model, layer)
+            mu, sd = (torch.from_numpy(v) for v in stats[key])
+            lin.weight.div_(sd[None, :])
+            lin.bias.sub_(lin.weight @ mu)
+
+
+def load_text(data_dir):
+    d = np.load(os.path.join(data_dir, "text.npz"))
+    return d["emb"], {t: i for i, t in enumerate(d["texts"].tolist())}
+
+
+def make_batch(clips, emb):
+    """Pads the clips to the longest (valid = 0) and lists their questions."""
+    t_max = max(len(c["valid"]) for c in clips)
+    c_n = len(clips)
+    audio = np.zeros((c_n, t_max, 1024), np.float32)
+    visual = np.zeros((c_n, t_max, 1280), np.float32)
+    patches = np.zeros((c_n, t_max, 14, 1280), np.float32)
+    valid = np.zeros((c_n, t_max), np.float32)
+    ci, q, p, ans, rec = [], [], [], [], []
+    for j, c in enumerate(clips):
+        t = len(c["valid"])
+        audio[j, :t], visual[j, :t], patches[j, :t], valid[j, :t] = \
+            c["audio"], c["visual"], c["patches"], c["valid"]
+        ci.append(np.full(len(c["ans"]), j))
+        q.append(c["q"])
+        p.append(c["p"])
+        ans.append(c["ans"])
+        rec.append(c["rec"])
+    cat = np.concatenate
+    return dict(audio=torch.from_numpy(audio), visual=torch.from_numpy(visual),
+                patches=torch.from_numpy(patches), valid=torch.from_numpy(valid),
+                ci=torch.from_numpy(cat(ci)), question=torch.from_numpy(emb[cat(q)]),
+                prompt=torch.from_numpy(emb[cat(p)]), answer=torch.from_numpy(cat(ans)),
+                rec=cat(rec))
+
+
+# ---------------------------------------------------------------------------------------------
+# the head, clip part once per clip
+
+def split_heads(x, attn):  # [B,L,H] -> [B,heads,L,d]
+    return x.reshape(x.shape[0], -1, attn.heads, attn.d).transpose(1, 2)
+
+
+def attend_projected(attn, query, k_proj, v_proj, key_mask):
+    """tspm.Attention.forward with the key / value Linears already applied to kv."""
+    q = split_heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if key_mask is not None:
+        scores = torch.where(key_mask[:, None, None, :], scores,
+                             torch.tensor(NEG_INF, dtype=scores.dtype))
+    w = torch.softmax(scores, dim=-1)
+    out = torch.matmul(w, v).transpose(1, 2)
+    out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
+    return attn.o(out), w.mean(dim=1)
+
+
+def query_block_projected(block, q, k_proj, v_proj, key_mask):
+    """tspm.QueryBlock.forward with projected keys / values."""
+    a, _ = attend_projected(block.attn, q, k_proj, v_proj, key_mask)
+    x = q + block.drop(a)
+    return block.ln(x + block.ffn(x))
+
+
+def select(model, p, v_keys, m, all_time=False):
+    """The TPM's selection for each question (no gradient: top-k indices), exactly as
+    TSPMHead.forward: returns sel [Q,k] int64 and sel_ok [Q,k] bool."""
+    with torch.no_grad():
+        if all_time:  # no temporal selection: every second, invalid ones masked
+            t = m.shape[1]
+            return torch.arange(t).expand(m.shape[0], t).contiguous(), m.clone()
+        k = model.k
+        attn = model.tpm.attn
+        q = split_heads(attn.q(p) * (1.0 / math.sqrt(attn.d)), attn)
+        kh = split_heads(v_keys, attn)
+        scores = torch.matmul(q, kh.transpose(-1, -2))
+        scores = torch.where(m[:, None, None, :], scores, torch.tensor(NEG_INF, dtype=scores.dtype))
+        w = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0]  # [Q,T]
+        mf = m.to(w.dtype)
+        score = torch.where(m, w, torch.tensor(NEG_INF, dtype=w.dtype))
+        _, top = torch.topk(score, k, dim=1)
+        top_valid = torch.gather(mf, 1, top)
+        key = top.to(w.dtype) + (1.0 - top_valid) * float(1 << 20)
+        _, pos = torch.topk(key, k, dim=1, largest=False)
+        sel = torch.gather(top, 1, pos)
+        sel_ok = torch.gather(top_valid, 1, pos) > 0.5
+        sel = torch.where(sel_ok, sel, sel[:, :1])
+        return sel, sel_ok
+
+
+def grouped_forward(model, b, all_time=False):
+    """Logits [Q,A] for all questions of a batch of clips (see the module doc)."""
+    audio, visual, patches, valid, ci = b["audio"], b["visual"], b["patches"], b["valid"], b["ci"]
+    c_n, t_n = valid.shape
+    h = model.proj_audio.out_features
+    m = valid > 0.5
+    mf = m.to(audio.dtype)
+    zero = torch.tensor(0.0, dtype=audio.dtype)
+    audio = torch.where(m.unsqueeze(-1), audio, zero)
+    visual = torch.where(m.unsqueeze(-1), visual, zero)
+
+    # clip part
+    a = model.proj_audio(audio)  # [C,T,H]
+    v = model.proj_visual(visual)
+    a_av = model.av(a, v, m)
+    v_av = model.av(v, a, m)
+    a_mean_t, v_mean_t = masked_mean(a_av, mf), masked_mean(v_av, mf)  # [C,H]
+    # SPM for every valid second (packed: padding seconds are not computed)
+    flat = m.reshape(-1).nonzero()[:, 0]
+    tok = model.proj_patch(patches.reshape(c_n * t_n, -1, patches.shape[-1])[flat])  # [S,N,H]
+    tok = model.spm_self(tok)
+    v_sp_flat, _ = model.spm_cross(a.reshape(c_n * t_n, 1, h)[flat], tok)  # [S,1,H]
+    v_sp = torch.zeros(c_n * t_n, h, dtype=a.dtype).index_copy(0, flat, v_sp_flat[:, 0])
+    v_sp = v_sp.reshape(c_n, t_n, h)
+    qa = model.qtg.attn
+    ka, va, ks, vs = qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp)  # [C,T,H] each
+
+    # question part
+    q1 = model.proj_question(b["question"])  # [Q,H]
+    q = q1.unsqueeze(1)
+    mq = m[ci]
+    if all_time:
+        sel, sel_ok = select(model, None, None, mq, all_time=True)
+    else:
+        with torch.no_grad():
+            p = model.proj_prompt(b["prompt"]).unsqueeze(1)
+            v_keys = model.tpm.attn.k(v)[ci]
+        sel, sel_ok = select(model, p, v_keys, mq)
+    g = lambda x: batch_gather(x[ci], sel)  # noqa: E731  [Q,k,H]
+    a_k, v_sp_k = g(a), g(v_sp)
+    a_q = query_block_projected(model.qtg, q, g(ka), g(va), sel_ok)
+    v_q = query_block_projected(model.qtg, q, g(ks), g(vs), sel_ok)
+    sv = sel_ok.to(a.dtype)
+    f = torch.cat([a_q[:, 0], a_mean_t[ci], masked_mean(a_k, sv), v_q[:, 0], v_mean_t[ci],
+                   masked_mean(v_sp_k, sv)], dim=-1)
+    f = model.fuse(model.drop(torch.tanh(f)))
+    f = f * q1
+    return model.answer(model.drop(torch.tanh(f)))
+
+
+def check_grouped(model, b, all_time=False):
+    """max |d| of grouped_forward vs TSPMHead.forward question by question (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        got = grouped_forward(model, b, all_time)
+        ref = []
+        for i in range(len(b["ci"])):
+            j = int(b["ci"][i])
+            if all_time:
+                model.k, k0 = int(b["valid"].shape[1]), model.k
+            out = model(b["audio"][j:j + 1], b["visual"][j:j + 1], b["patches"][j:j + 1],
+                        b["question"][i:i + 1], b["prompt"][i:i + 1], b["valid"][j:j + 1])
+            if all_time:
+                model.k = k0
+            ref.append(out[0])
+        ref = torch.cat(ref)
+    return float((got - ref).abs().max()), float(ref.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation helpers (also used by eval.py)
+
+def predict(model, split, emb, clips_per_batch=8, all_time=False):
+    """-> predicted answer index per record of split (np.int64 [n_questions]), logits."""
+    model.eval()
+    pred = np.full(split.n_questions, -1, np.int64)
+    logits = np.zeros((split.n_questions, model.answer.out_features), np.float32)
+    with torch.no_grad():
+        for i in range(0, len(split.clips), clips_per_batch):
+            b = make_batch(split.clips[i:i + clips_per_batch], emb)
+            lg = grouped_forward(model, b, all_time).numpy()
+            logits[b["rec"]] = lg
+            pred[b["rec"]] = lg.argmax(1)
+    return pred, logits
+
+
+def accuracy_table(records, pred):
+    """{type name: (correct, total)} for the 9 types, plus "overall"."""
+    out = {type_name(t): [0, 0] for t in TYPES}
+    for r, p in zip(records, pred):
+        cell = out[type_name(r["type"])]
+        cell[0] += int(p == r["answer_index"])
+        cell[1] += 1
+    out["overall"] = [sum(v[0] for v in out.values()), sum(v[1] for v in out.values())]
+    return {k: dict(correct=v[0], total=v[1], acc=(v[0] / v[1] if v[1] else float("nan")))
+            for k, v in out.items()}
+
+
+def fmt_table(tab):
+    return ", ".join(f"{k} {100 * v['acc']:.1f}" for k, v in tab.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# compact weights (models/head/)
+
+def save_compact(model, path, meta):
+    """Matrices: symmetric int8 per output row + fp32 scale; vectors: fp16. The dead TPM
+    output branch (tpm.ffn, tpm.ln: never used, never trained) is not stored."""
+    arrays = {}
+    for name, p in model.state_dict().items():
+        if name.startswith("tpm.ffn") or name.startswith("tpm.ln"):
+            continue
+        w = p.detach().numpy().astype(np.float32)
+        if w.ndim == 2:
+            scale = np.abs(w).max(axis=1) / 127.0
+            scale[scale == 0] = 1.0
+            arrays[name + "::q8"] = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
+            arrays[name + "::scale"] = scale.astype(np.float32)
+        else:
+            arrays[name + "::f16"] = w.astype(np.float16)
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    tmp = path[:-4] + ".part.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_compact(model, path):
+    """Loads save_compact's file into `model` (dequantised); returns its meta dict. Parameters
+    the file does not hold (the dead TPM branch) keep their values."""
+    d = np.load(path)
+    state = model.state_dict()
+    seen = set()
+    for key in d.files:
+        if key == "__meta__":
+            continue
+        name, kind = key.split("::")
+        if kind == "q8":
+            w = d[key].astype(np.float32) * d[name + "::scale"][:, None]
+        elif kind == "f16":
+            w = d[key].astype(np.float32)
+        else:
+            continue
+        if name not in state or tuple(state[name].shape) != w.shape:
+            raise ValueError(f"{path}: {name} {w.shape} does not fit the head")
+        state[name] = torch.from_numpy(w)
+        seen.add(name)
+    missing = [n for n in state if n not in seen and not n.startswith(("tpm.ffn", "tpm.ln"))]
+    if missing:
+        raise ValueError(f"{path}: missing {missing[:5]}")
+    model.load_state_dict(state)
+    return json.loads(str(d["__meta__"]))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def train(args):
+    torch.manual_seed(SEED)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    answers = tspm.read_answers(os.path.join(HERE, "answers.txt"))
+    emb, text = load_text(args.data)
+    t0 = time.time()
+    tr = Split(args.data, "train", args.variant, text)
+    va = Split(args.data, "val", args.variant, text)
+    log(f"data {args.data}: train {len(tr.clips)} clips / {tr.n_questions} questions, val "
+        f"{len(va.clips)} / {va.n_questions} (loaded in {time.time() - t0:.1f} s); variant {args.variant}")
+    all_time = args.variant == "alltime"
+    stats = input_stats(tr) if args.standardize else None
+    if stats:
+        va_raw = Split(args.data, "val", args.variant, text)
+        standardize(tr, stats)
+        standardize(va, stats)
+
+    model = tspm.TSPMHead(len(answers), **tspm.OUR_DIMS)  # same init as export_head (SEED)
+    d, scale = check_grouped(model, make_batch(tr.clips[:2], emb), all_time)
+    log(f"grouped forward vs TSPMHead.forward per question: max |d| {d:.2e} (logits up to {scale:.2f})")
+    if d > 1e-4 * max(1.0, scale):
+        raise SystemExit("grouped forward differs from the head")
+
+    trainable = [p for n, p in model.named_parameters()
+                 if not n.startswith(("tpm.", "proj_prompt."))]  # no gradient reaches these
+    opt = torch.optim.Adam(trainable, lr=args.lr)
+    drop_at = max(1, round(args.epochs * 2 / 3))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=drop_at, gamma=0.1)
+    rng = np.random.default_rng(args.seed)
+    best = dict(acc=-1.0)
+    history = []
+    t_train = time.time()
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order = rng.permutation(len(tr.clips))
+        tot_loss, tot_n, tot_ok, t_ep = 0.0, 0, 0, time.time()
+        for i in range(0, len(order), args.clips_per_batch):
+            b = make_batch([tr.clips[j] for j in order[i:i + args.clips_per_batch]], emb)
+            logits = grouped_forward(model, b, all_time)
+            loss = F.cross_entropy(logits, b["answer"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n = len(b["answer"])
+            tot_loss += float(loss) * n
+            tot_n += n
+            tot_ok += int((logits.argmax(1) == b["answer"]).sum())
+        sched.step()
+        pred, _ = predict(model, va, emb, all_time=all_time)
+        tab = accuracy_table(va.records, pred)
+        acc = tab["overall"]["acc"]
+        row = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=tot_loss / tot_n,
+                   train_acc=tot_ok / tot_n, val_acc=acc, seconds=time.time() - t_ep,
+                   val_by_type={k: v["acc"] for k, v in tab.items()})
+        history.append(row)
+        mark = ""
+        if acc > best["acc"]:
+            best = dict(acc=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()), table=tab)
+            mark = "  *best"
+        log(f"epoch {epoch:2d}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
+            f"{100 * row['train_acc']:.1f} %, val acc {100 * acc:.1f} % ({row['seconds']:.0f} s){mark}")
+    train_s = time.time() - t_train
+    model.load_state_dict(best["state"])
+    fold_diff = None
+    if stats:
+        fold_standardization(model, stats)
+        pred, _ = predict(model, va_raw, emb, all_time=all_time)
+        folded = accuracy_table(va_raw.records, pred)["overall"]["acc"]
+        log(f"standardization folded into the input projections: val acc on raw features "
+            f"{100 * folded:.2f} % (standardized {100 * best['acc']:.2f} %)")
+        fold_diff = folded - best["acc"]
+    log(f"best epoch {best['epoch']}: val {fmt_table(best['table'])}")
+    report = dict(
+        variant=args.variant, data=args.data, seed=SEED, shuffle_seed=args.seed,
+        recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
+                    epochs=args.epochs, clips_per_batch=args.clips_per_batch, dropout=0.1,
+                    loss="cross-entropy over models/answers.txt (%d)" % len(answers),
+                    selection="best epoch by validation accuracy", threads=args.threads,
+                    input_standardization=("per-feature mean/std of the training seconds, folded "
+                                           "into the input projections after training")
+                    if stats else None),
+        train=dict(clips=len(tr.clips), questions=tr.n_questions),
+        val=dict(clips=len(va.clips), questions=va.n_questions),
+        grouped_forward_max_abs_diff=d, fold_val_acc_change=fold_diff, best_epoch=best["epoch"], best_val=best["table"],
+        history=history, train_seconds=train_s, torch=torch.__version__)
+    return model, report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=default_data_dir())
+    ap.add_argument("--variant", choices=VARIANTS, default="full")
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--clips-per-batch", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=7, help="shuffling seed")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(HERE, "head"))
+    ap.add_argument("--model-dir", default=os.environ.get(
+        "TSPM_MODEL_DIR", os.path.expanduser("~/.cache/tspm-edge/models")))
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--no-standardize", dest="standardize", action="store_false",
+                    help="feed raw features in training (default: standardized, then folded)")
+    args = ap.parse_args()
+    args.data = os.path.abspath(os.path.expanduser(args.data))
+    model, report = train(args)
+    if args.variant != "full":
+        vdir = os.path.join(args.data, "variants")
+        os.makedirs(vdir, exist_ok=True)
+        torch.save(model.state_dict(), os.path.join(vdir, f"{args.variant}.pt"))
+        with open(os.path.join(vdir, f"{args.variant}.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        log(f"wrote {vdir}/{args.variant}.pt")
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.data, "full.fp32.pt"))  # exact, uncommitted
+    meta = dict(what="TSPM head trained by models/train.py", best_epoch=report["best_epoch"],
+                val_acc=report["best_val"]["overall"]["acc"], seed=SEED)
+    path = os.path.join(args.out, "tspm_head.npz")
+    save_compact(model, path, meta)
+    # how much the compact form costs: val accuracy of the dequantised weights
+    deq = tspm.TSPMHead(model.answer.out_features, **tspm.OUR_DIMS)
+    load_compact(deq, path)
+    emb, text = load_text(args.data)
+    va = Split(args.data, "val", "full", text)
+    pred, _ = predict(deq, va, emb)
+    report["compact"] = dict(file=os.path.relpath(path, os.path.dirname(HERE)),
+                             bytes=os.path.getsize(path),
+                             val_acc_dequantised=accuracy_table(va.records, pred)["overall"]["acc"])
+    log(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB); val acc with the dequantised "
+        f"weights {100 * report['compact']['val_acc_dequantised']:.1f} % (fp32 "
+        f"{100 * report['best_val']['overall']['acc']:.1f} %)")
+    # real (question, prompt) embedding pairs for export_head.py's int8 calibration and checks
+    rng = np.random.default_rng(SEED)
+    pick = rng.choice(len(va.records), size=min(64, len(va.records)), replace=False)
+    tr_recs = [va.records[i] for i in sorted(pick)]
+    np.savez(os.path.join(args.out, "calib_text.npz"),
+             question=np.stack([emb[text[r["question"]]] for r in tr_recs]),
+             prompt=np.stack([emb[text[r["prompt"]]] for r in tr_recs]))
+    with open(os.path.join(args.out, "train_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    if not args.no_export:
+        cmd = [sys.executable, "-W", "ignore", os.path.join(HERE, "export_head.py"),
+               "--model-dir", args.model_dir, "--weights", path, "--runs", "10", "--force"]
+        log("export: " + " ".join(cmd))
+        return subprocess.call(cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
