@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dsp::{MergedTokens, TokenMerger};
 use crate::model::Manifest;
 use crate::model::encoders::{AUDIO_DIM, TOKENS, VISUAL_DIM};
-use crate::model::head::{HEAD_MODEL, Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use crate::model::head::{Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
 use crate::model::text::TextEncoder;
 use crate::prompts::Question;
 
@@ -198,22 +198,6 @@ fn window(
     Ok(w)
 }
 
-/// The head's answer vocabulary (one answer per line, logit index = line index).
-fn answer_names(manifest: &Manifest) -> anyhow::Result<Vec<String>> {
-    let entry = manifest
-        .find(HEAD_MODEL, "fp32")
-        .context("the manifest has no fp32 tspm_head (run `bash models/build.sh`)")?;
-    let file = entry
-        .extra
-        .get("answers")
-        .and_then(|v| v.as_str())
-        .context("the tspm_head manifest entry names no answers file")?;
-    let path = manifest.dir.join(file);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the answer vocabulary {}", path.display()))?;
-    Ok(text.lines().map(str::to_string).collect())
-}
-
 fn argmax(x: &[f32]) -> usize {
     x.iter()
         .enumerate()
@@ -281,7 +265,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     order.sort();
 
     let manifest = Manifest::load(&cfg.models.dir)?;
-    let answers = answer_names(&manifest)?;
+    let answers = crate::model::head::answer_vocabulary(&manifest)?;
     let mut encoder = TextEncoder::load(&manifest)?;
     let mut merger =
         TokenMerger::new(TOKENS, VISUAL_DIM, MERGED_TOKENS).context("setting up token merging")?;
