@@ -70,4 +70,8 @@ log "building into $MODEL_DIR"
 # written by models/train.sh) when present, else the untrained seed head; reads
 # check_inputs.npz from above.
 log "TSPM head (models/export_head.py)"
-exec "$VENV/bin/python" -W ignore "$HERE/export_head.py" --model-dir "$MODEL_DIR" --runs 10 "${FORCE[@]}"
+"$VENV/bin/python" -W ignore "$HERE/export_head.py" --model-dir "$MODEL_DIR" --runs 10 "${FORCE[@]}"
+# The same head cut into the three parts the runtime runs (per second / per window / per
+# question), checked against the whole head.
+log "TSPM head parts (models/export_head_parts.py)"
+exec "$VENV/bin/python" -W ignore "$HERE/export_head_parts.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"

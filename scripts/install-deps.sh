@@ -8,7 +8,7 @@ PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools
   python3-torch python3-venv python3-numpy python3-pil
   espeak-ng sox fluidsynth fluid-soundfont-gm
-  systemd libasound2-dev
+  systemd libasound2-dev libclang-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

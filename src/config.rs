@@ -67,7 +67,7 @@ pub enum ConfigError {
     },
 }
 
-/// How an encoder's precision is chosen.
+/// How a model's precision is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrecisionChoice {
     /// The faster variant on this CPU among those that passed the accuracy check.
@@ -104,6 +104,10 @@ pub struct ModelsConfig {
     pub visual_precision: PrecisionChoice,
     /// Minimum mean cosine for an int8 model to be eligible under `auto`.
     pub int8_min_cosine: f32,
+    /// Precision of the TSPM head.
+    pub head_precision: PrecisionChoice,
+    /// Minimum int8-vs-fp32 answer agreement for an int8 head to be eligible under `auto`.
+    pub int8_min_agreement: f32,
 }
 
 /// The live sources of `serve`.
@@ -272,6 +276,8 @@ struct RawModels {
     audio_precision: String,
     visual_precision: String,
     int8_min_cosine: f64,
+    head_precision: String,
+    int8_min_agreement: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +351,13 @@ impl Config {
                     expected: "a number between 0 and 1",
                 });
             }
+            if !(0.0..=1.0).contains(&m.int8_min_agreement) {
+                return Err(ConfigError::Invalid {
+                    key: "models.int8_min_agreement",
+                    value: m.int8_min_agreement.to_string(),
+                    expected: "a number between 0 and 1",
+                });
+            }
             ModelsConfig {
                 dir,
                 audio_precision: PrecisionChoice::parse(
@@ -356,6 +369,8 @@ impl Config {
                     &m.visual_precision,
                 )?,
                 int8_min_cosine: m.int8_min_cosine as f32,
+                head_precision: PrecisionChoice::parse("models.head_precision", &m.head_precision)?,
+                int8_min_agreement: m.int8_min_agreement as f32,
             }
         };
         let capture = CaptureConfig {
@@ -388,6 +403,15 @@ impl Config {
                                 expected: "a gst-launch source description (or set capture.media)",
                             });
                         }
+                    }
+                    if let Some(device) = c.video.trim().strip_prefix("v4l:")
+                        && device.trim().is_empty()
+                    {
+                        return Err(ConfigError::Invalid {
+                            key: "capture.video",
+                            value: format!("{:?}", c.video),
+                            expected: "a device node after v4l:, e.g. \"v4l:/dev/video0\"",
+                        });
                     }
                     LiveSources::Devices {
                         audio: c.audio.trim().to_string(),
@@ -703,6 +727,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("capture.audio"), "{msg}");
+        let msg = Config::from_toml_str("[capture]\nvideo = \"v4l: \"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("capture.video"), "{msg}");
+        assert!(msg.contains("v4l:/dev/video0"), "{msg}");
+        let cfg = Config::from_toml_str("[capture]\nvideo = \"v4l:/dev/video2\"\n", "t").unwrap();
+        assert!(
+            matches!(&cfg.capture.sources, LiveSources::Devices { video, .. } if video == "v4l:/dev/video2")
+        );
         let msg = Config::from_toml_str("[window]\nseconds = 5\n", "t")
             .unwrap_err()
             .to_string();

@@ -33,10 +33,11 @@ use crate::config::{Config, Preset};
 use crate::dsp::{MergedTokens, TokenMerger};
 use crate::featurizer::{Featurizer, SegmentFeatures};
 use crate::model::Manifest;
-use crate::model::encoders::{TOKENS, VISUAL_DIM};
+use crate::model::encoders::{AUDIO_DIM, TOKENS, VISUAL_DIM};
 use crate::model::head::{
-    Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
+    HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
 };
+use crate::model::head_parts::HeadParts;
 use crate::model::text::TextEncoder;
 use crate::prompts::Question;
 use crate::pts::Pts;
@@ -71,7 +72,7 @@ pub struct ModelInfo {
 pub struct Models {
     featurizer: Featurizer,
     merger: TokenMerger,
-    head: Head,
+    head: HeadParts,
     text: TextEncoder,
     answers: Vec<String>,
     info: Vec<ModelInfo>,
@@ -94,13 +95,20 @@ impl Models {
         let manifest = Manifest::load(&cfg.models.dir)?;
         let text = TextEncoder::load(&manifest).context("loading the text encoder")?;
         let head_seconds = cfg.window.seconds.max(SELECTED);
-        let head = Head::load(&manifest, "fp32", head_seconds).context("loading the TSPM head")?;
+        let (head, head_choice) = HeadParts::load_chosen(
+            &manifest,
+            cfg.models.head_precision,
+            cfg.models.int8_min_agreement,
+            head_seconds,
+        )
+        .context("loading the TSPM head")?;
+        tracing::info!(head = %head_choice.entry.id(), reason = %head_choice.reason, "answer head chosen");
         let answers = answer_vocabulary(&manifest)?;
         if answers.len() != head.answers() {
             anyhow::bail!(
                 "the answer vocabulary has {} answers but the head {} gives {} logits",
                 answers.len(),
-                head.model().entry().id(),
+                head.id(),
                 head.answers()
             );
         }
@@ -115,9 +123,17 @@ impl Models {
                 reason: c.reason.clone(),
             })
             .collect();
+        let [second, window, question] = head.entries();
+        let reasons = [
+            format!("answer head, per second; {}", head_choice.reason),
+            format!("answer head, per window; {}", head_choice.reason),
+            format!("answer head, per question; {}", head_choice.reason),
+        ];
         for (entry, reason) in [
             (text.model().entry(), "text encoder"),
-            (head.model().entry(), "answer head"),
+            (second, reasons[0].as_str()),
+            (window, reasons[1].as_str()),
+            (question, reasons[2].as_str()),
         ] {
             info.push(ModelInfo {
                 id: entry.id(),
@@ -159,15 +175,22 @@ impl Models {
         let mut q = vec![0.0; TEXT_DIM];
         self.text
             .embed("How many instruments are sounding in the video?", &mut q)?;
-        let mut view = HeadView::new(self.head.seconds());
-        view.valid[0] = 1.0;
+        let t = self.head.seconds();
+        let mut valid = vec![0.0; t];
+        valid[0] = 1.0;
+        let mut audio = vec![0.0; t * AUDIO_DIM];
+        let mut visual = vec![0.0; t * VISUAL_DIM];
+        let mut patches = vec![0.0; t * MERGED_TOKENS * VISUAL_DIM];
+        audio[..AUDIO_DIM].copy_from_slice(&features.audio);
+        visual[..VISUAL_DIM].copy_from_slice(&features.visual);
+        patches[..MERGED_TOKENS * VISUAL_DIM].copy_from_slice(merged.features());
         self.head.run(&HeadInputs {
-            audio: &view.audio,
-            visual: &view.visual,
-            patches: &view.patches,
+            audio: &audio,
+            visual: &visual,
+            patches: &patches,
             question: &q,
             prompt: &q,
-            valid: &view.valid,
+            valid: &valid,
         })?;
         Ok(())
     }
@@ -451,9 +474,13 @@ impl Engine {
         let (requests, requests_rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
         let signals = Arc::new(Signals::default());
         let head_seconds = models.head.seconds();
+        let row_len = models.head.row_len();
         let state = State {
-            window: Window::new(settings.window_seconds),
-            view: HeadView::new(head_seconds),
+            window: Window::new(settings.window_seconds, row_len),
+            view: HeadView::new(head_seconds, row_len),
+            row: vec![0.0; row_len],
+            context: vec![0.0; models.head.context_len()],
+            context_version: u64::MAX,
             segmenter: Segmenter::new(SegmenterConfig::default()),
             features: SegmentFeatures::default(),
             merged: MergedTokens::new(MERGED_TOKENS, VISUAL_DIM),
@@ -536,6 +563,11 @@ struct State {
     requests: Receiver<Request>,
     window: Window,
     view: HeadView,
+    /// One second's row from the head's per-second part.
+    row: Vec<f32>,
+    /// The head's per-window context, valid for the view of `context_version`.
+    context: Vec<f32>,
+    context_version: u64,
     segmenter: Segmenter,
     features: SegmentFeatures,
     merged: MergedTokens,
@@ -649,15 +681,20 @@ impl State {
         self.signals
             .sound
             .store(audio && energy.sqrt() > SOUND_RMS, Ordering::Relaxed);
+        // The head's per-second part runs now, once, so a question pays only for its own part.
+        self.models.head.second(
+            &self.features.audio,
+            &self.features.visual,
+            self.merged.features(),
+            &mut self.row,
+        )?;
         self.window.push(
             SecondInfo {
                 index: seg.index,
                 audio,
                 video,
             },
-            &self.features.audio,
-            &self.features.visual,
-            self.merged.features(),
+            &self.row,
         );
         Ok(())
     }
@@ -846,17 +883,24 @@ impl State {
         self.embed(question.text(), false)?;
         self.embed(question.prompt(), true)?;
         self.window.fill(&mut self.view);
+        // The window part runs once per window version, whatever the number of questions.
+        if self.context_version != self.view.version {
+            self.models
+                .head
+                .context(&self.view.rows, &self.view.valid, &mut self.context)
+                .map_err(|e| AskError::Model(e.to_string()))?;
+            self.context_version = self.view.version;
+        }
         let out = self
             .models
             .head
-            .run(&HeadInputs {
-                audio: &self.view.audio,
-                visual: &self.view.visual,
-                patches: &self.view.patches,
-                question: &self.q_emb,
-                prompt: &self.p_emb,
-                valid: &self.view.valid,
-            })
+            .question(
+                &self.view.rows,
+                &self.view.valid,
+                &self.context,
+                &self.q_emb,
+                &self.p_emb,
+            )
             .map_err(|e| AskError::Model(e.to_string()))?;
         let probs = softmax(&out.logits);
         let mut order: Vec<usize> = (0..probs.len()).collect();
@@ -884,7 +928,7 @@ impl State {
                 .collect(),
             window: (first, last),
             window_len: self.window.len(),
-            head: self.models.head.model().entry().id(),
+            head: self.models.head.id(),
             cached: false,
             compute_ms: started.elapsed().as_secs_f64() * 1e3,
         };

@@ -5,6 +5,7 @@ use ndarray::ArrayD;
 use ndarray_npy::NpzReader;
 use tspm_edge::model::Manifest;
 use tspm_edge::model::head::{Head, HeadInputs};
+use tspm_edge::model::head_parts::HeadParts;
 
 use crate::util;
 
@@ -161,4 +162,69 @@ fn head_refuses_short_windows_and_empty_masks() {
         err.to_string().contains("\"audio\"") && err.to_string().contains("T = 10"),
         "{err}"
     );
+}
+
+#[test]
+fn head_parts_in_tract_compose_to_the_whole_head() {
+    // The runtime's path (a row per second, the window's context, the question part) gives
+    // the whole head's onnxruntime outputs.
+    let manifest = Manifest::load(&util::model_dir()).unwrap();
+    for (name, case) in cases() {
+        let mut head = HeadParts::load(&manifest, "fp32", case.t).unwrap();
+        let a = &case.arrays;
+        let (audio, visual, patches) = (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
+        let (question, prompt, valid) =
+            (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
+        let out = head
+            .run(&HeadInputs {
+                audio: &audio,
+                visual: &visual,
+                patches: &patches,
+                question: &question,
+                prompt: &prompt,
+                valid: &valid,
+            })
+            .unwrap();
+        let d = max_abs(&out.logits, &a["logits"]);
+        assert!(d <= 1e-4, "{name}: logits max abs {d}");
+        let d = max_abs(&out.temporal_weights, &a["temporal_weights"]);
+        assert!(d <= 1e-4, "{name}: temporal weights max abs {d}");
+        let d = max_abs(&out.spm_attention, &a["spm_attention"]);
+        assert!(d <= 1e-4, "{name}: spm attention max abs {d}");
+        assert_eq!(out.selected, case.selected, "{name}: selected seconds");
+    }
+}
+
+#[test]
+fn head_parts_check_their_inputs() {
+    let manifest = Manifest::load(&util::model_dir()).unwrap();
+    let err = HeadParts::load(&manifest, "fp32", 9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 10 seconds"), "{err}");
+    let mut head = HeadParts::load(&manifest, "fp32", 10).unwrap();
+    let n = head.row_len();
+    assert_eq!(n, 8 * 512 + 14);
+    let mut row = vec![0.0f32; n - 1];
+    let err = head
+        .second(&[0.0; 1024], &[0.0; 1280], &[0.0; 14 * 1280], &mut row)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row buffer") && err.contains(&n.to_string()),
+        "{err}"
+    );
+    let rows = vec![0.0f32; 10 * n];
+    let mut context = vec![0.0f32; head.context_len()];
+    let err = head
+        .context(&rows, &[0.0; 10], &mut context)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least one valid second"), "{err}");
+    // A row of the wrong length reaches tract's check with the tensor named.
+    let err = head
+        .context(&rows[..9 * n], &[1.0; 10], &mut context)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("packed"), "{err}");
 }

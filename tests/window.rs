@@ -7,11 +7,10 @@ use crate::util::alloc::allocations_during;
 
 #[test]
 fn window_push_and_fill_allocate_nothing() {
-    let mut window = Window::new(60);
-    let mut view = HeadView::new(60);
-    let audio = vec![0.5f32; 1024];
-    let visual = vec![0.25f32; 1280];
-    let patches = vec![0.125f32; 14 * 1280];
+    // Rows as long as the head's per-second part gives (8 x 512 + 14).
+    let mut window = Window::new(60, 4110);
+    let mut view = HeadView::new(60, 4110);
+    let row = vec![0.5f32; 4110];
     // Wrap around the ring several times, filling the view each second as an ask would.
     let (allocs, ()) = allocations_during(|| {
         for index in 0..200 {
@@ -20,7 +19,7 @@ fn window_push_and_fill_allocate_nothing() {
                 audio: true,
                 video: !index.is_multiple_of(3),
             };
-            window.push(info, &audio, &visual, &patches);
+            window.push(info, &row);
             window.fill(&mut view);
         }
     });

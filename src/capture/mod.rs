@@ -5,7 +5,9 @@
 //! 16 kHz mono F32 audio chunks and RGB frames at a fixed rate ([`CaptureConfig::video_fps`],
 //! 2 fps by default), delivered as [`Captured`] items. GStreamer types never leave this
 //! module: timestamps become [`Pts`] (running time, so every stream starts near 0) and
-//! payloads become plain `Vec`s in [`Captured::Audio`] and [`Frame`].
+//! payloads become plain `Vec`s in [`Captured::Audio`] and [`Frame`]. The optional direct
+//! device backends (`alsa.rs`, feature `alsa`; `v4l.rs`, feature `v4l`) deliver the same items
+//! without GStreamer, under the same live-source supervisor (`live.rs`).
 //!
 //! **Threads.** GStreamer's streaming threads run the appsink callbacks (`sink.rs`), which push
 //! into one bounded crossbeam channel; the consumer (the CLI loop or the engine thread) calls
@@ -36,6 +38,8 @@ mod live;
 mod pace;
 mod pipeline;
 mod sink;
+#[cfg(feature = "v4l")]
+pub mod v4l;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

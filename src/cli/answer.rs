@@ -14,9 +14,8 @@ use crate::dsp::{MergedTokens, TokenMerger};
 use crate::featurizer::Featurizer;
 use crate::model::Manifest;
 use crate::model::encoders::{TOKENS, VISUAL_DIM};
-use crate::model::head::{
-    Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
-};
+use crate::model::head::{MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax};
+use crate::model::head_parts::HeadParts;
 use crate::model::text::TextEncoder;
 use crate::prompts::Question;
 
@@ -27,8 +26,12 @@ pub struct Args {
     pub media: PathBuf,
     /// A question, free text ("is the violin louder than the piano") or a MUSIC-AVQA
     /// template. Repeat for several questions over the same features.
-    #[arg(long, short, required = true)]
+    #[arg(long, short, required_unless_present = "preset")]
     pub question: Vec<String>,
+    /// A preset question of the config (`[[presets.question]]`) by id, or `all` for every
+    /// preset. Repeatable; asked after the `--question`s.
+    #[arg(long, short, value_name = "ID")]
+    pub preset: Vec<String>,
     /// Print one JSON object per question instead of text.
     #[arg(long)]
     pub json: bool,
@@ -50,11 +53,12 @@ struct Answered {
 /// Runs `answer`.
 pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     // Parse every question first: a typo should not cost a feature extraction.
-    let questions = args
+    let mut questions = args
         .question
         .iter()
         .map(|q| Question::parse_free_text(q).with_context(|| format!("question {q:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    questions.extend(presets(cfg, &args.preset)?);
     let manifest = Manifest::load(&cfg.models.dir)?;
     let mut text = TextEncoder::load(&manifest)?;
     let answers = answer_vocabulary(&manifest)?;
@@ -83,19 +87,33 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         patches[t * row..(t + 1) * row].copy_from_slice(merged.features());
         valid[t] = 1.0;
     }
-    let mut head = Head::load(&manifest, "fp32", seconds)?;
+    let (mut head, chosen) = HeadParts::load_chosen(
+        &manifest,
+        cfg.models.head_precision,
+        cfg.models.int8_min_agreement,
+        seconds,
+    )?;
+    tracing::info!(head = %head.id(), reason = %chosen.reason, "answer head chosen");
+    // The question-independent parts once (a row per second, the window's context), then
+    // only the question part per question: as the daemon does.
+    let n = head.row_len();
+    let mut rows = vec![0.0f32; seconds * n];
+    let patch = MERGED_TOKENS * VISUAL_DIM;
+    for t in 0..set.len() {
+        head.second(
+            &audio[t * 1024..(t + 1) * 1024],
+            &visual[t * VISUAL_DIM..(t + 1) * VISUAL_DIM],
+            &patches[t * patch..(t + 1) * patch],
+            &mut rows[t * n..(t + 1) * n],
+        )?;
+    }
+    let mut context = vec![0.0f32; head.context_len()];
+    head.context(&rows, &valid, &mut context)?;
     let (mut q_emb, mut p_emb) = (vec![0.0f32; TEXT_DIM], vec![0.0f32; TEXT_DIM]);
     for question in &questions {
         text.embed(question.text(), &mut q_emb)?;
         text.embed(question.prompt(), &mut p_emb)?;
-        let out = head.run(&HeadInputs {
-            audio: &audio,
-            visual: &visual,
-            patches: &patches,
-            question: &q_emb,
-            prompt: &p_emb,
-            valid: &valid,
-        })?;
+        let out = head.question(&rows, &valid, &context, &q_emb, &p_emb)?;
         let probs = softmax(&out.logits);
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
@@ -112,7 +130,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|&s| set.pts_s(s as usize))
                 .collect(),
-            head: head.model().entry().id(),
+            head: head.id(),
         };
         if args.json {
             println!("{}", serde_json::to_string(&answered)?);
@@ -121,6 +139,33 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The questions of `--preset` ids (`all` = every preset), in the order given.
+fn presets(cfg: &Config, ids: &[String]) -> anyhow::Result<Vec<Question>> {
+    let known = &cfg.presets.questions;
+    let mut out = Vec::new();
+    for id in ids {
+        if id == "all" {
+            out.extend(known.iter().map(|p| p.question.clone()));
+            continue;
+        }
+        match known.iter().find(|p| &p.id == id) {
+            Some(p) => out.push(p.question.clone()),
+            None => {
+                let names: Vec<&str> = known.iter().map(|p| p.id.as_str()).collect();
+                anyhow::bail!(
+                    "--preset {id:?}: no such preset in [[presets.question]] (known: {}; or `all`)",
+                    if names.is_empty() {
+                        "none configured".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn print_human(a: &Answered) {

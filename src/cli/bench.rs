@@ -212,10 +212,16 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         featurizer.frame(&frame, &mut features)
     })?;
 
+    let question = if args.only.is_some() || args.batch > 1 {
+        None
+    } else {
+        Some(question_side(cfg, &manifest, &features, args.runs)?)
+    };
+
     let ort_ms = if args.no_ort {
         BTreeMap::new()
     } else {
-        match ort_bench(dir, args.python.as_deref(), args.runs) {
+        match ort_bench(dir, args.python.as_deref(), args.runs, question.is_some()) {
             Ok(m) => m,
             Err(err) => {
                 eprintln!("onnxruntime skipped: {err:#}");
@@ -269,8 +275,15 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         "-",
         format!("{:.0}x real time", 1000.0 / segment_ms)
     );
+    if let Some(q) = &question {
+        print_question_side(q, &ort_ms);
+    }
     // The headline: tract at the chosen precision against onnxruntime's best variant.
-    for c in featurizer.chosen() {
+    for c in featurizer
+        .chosen()
+        .iter()
+        .chain(question.iter().map(|q| &q.head_chosen))
+    {
         let best_ort = ["fp32", "int8"]
             .iter()
             .filter_map(|p| {
@@ -363,10 +376,213 @@ fn print_profile(id: &str, bench_ms: f64, p: &crate::model::Profile, top: usize)
 }
 
 /// Runs `models/ort_bench.py` and parses its JSON line.
+/// tract timings of the per-question work and of token merging.
+struct QuestionSide {
+    /// `minilm.<precision>` → ms per question.
+    text: BTreeMap<String, f64>,
+    /// Tokens of the question that was timed (padded to the plan's length).
+    text_tokens: (usize, usize),
+    /// One frame's 49 tokens → 14.
+    merge_ms: f64,
+    /// `tspm_head.<precision>` → ms per question over the window (the whole head).
+    head: BTreeMap<String, f64>,
+    /// The parts the runtime runs: `tspm_second.<p>` (one second), `tspm_window.<p>` and
+    /// `tspm_question.<p>` (over the window).
+    parts: BTreeMap<String, f64>,
+    /// Window length of the head runs.
+    seconds: usize,
+    /// The head variant the config picks.
+    head_chosen: crate::model::precision::Chosen,
+}
+
+/// Times the text encoder (one real question), token merging (the grid of `features`, a real
+/// EfficientNet-Lite0 output) and every head variant over a window of the configured length.
+fn question_side(
+    cfg: &Config,
+    manifest: &Manifest,
+    features: &SegmentFeatures,
+    runs: usize,
+) -> anyhow::Result<QuestionSide> {
+    use crate::dsp::{MergedTokens, TokenMerger};
+    use crate::model::encoders::{TOKENS, VISUAL_DIM};
+    use crate::model::head::{HEAD_MODEL, Head, MERGED_TOKENS, SELECTED, SyntheticWindow};
+    use crate::model::text::{EMBEDDING_DIM, MAX_TOKENS, TEXT_MODEL, TextEncoder};
+
+    const QUESTION: &str = "Is the violin louder than the piano?";
+    let mut text = BTreeMap::new();
+    let mut text_tokens = (0, MAX_TOKENS);
+    let mut emb = vec![0.0f32; EMBEDDING_DIM];
+    for entry in manifest.models.iter().filter(|e| e.name == TEXT_MODEL) {
+        let mut enc = TextEncoder::load_with(manifest, &entry.precision, MAX_TOKENS)
+            .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
+        let ms = median_ms(runs, || {
+            enc.embed(QUESTION, &mut emb)?;
+            Ok(())
+        })?;
+        text_tokens = (enc.token_ids(QUESTION)?.len(), enc.max_tokens());
+        eprintln!("  tract {:<26} {ms:>9.2} ms", entry.id());
+        text.insert(entry.id(), ms);
+    }
+
+    let mut merger = TokenMerger::new(TOKENS, VISUAL_DIM, MERGED_TOKENS)?;
+    let mut merged = MergedTokens::new(MERGED_TOKENS, VISUAL_DIM);
+    let merge_ms = median_ms(runs.max(50), || {
+        Ok(merger.merge(&features.tokens, &mut merged)?)
+    })?;
+    eprintln!("  token merge 49 -> 14 {merge_ms:>9.3} ms");
+
+    let seconds = cfg.window.seconds.max(SELECTED);
+    let window = SyntheticWindow::new(seconds);
+    let mut head = BTreeMap::new();
+    for entry in manifest.models.iter().filter(|e| e.name == HEAD_MODEL) {
+        let mut h = Head::load_entry(manifest, entry, seconds)
+            .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
+        let ms = median_ms(runs, || {
+            h.run(&window.inputs())?;
+            Ok(())
+        })?;
+        eprintln!("  tract {:<26} {ms:>9.2} ms (T = {seconds})", entry.id());
+        head.insert(entry.id(), ms);
+    }
+    let mut parts = BTreeMap::new();
+    for precision in ["fp32", "int8"] {
+        if manifest
+            .find(crate::model::head_parts::QUESTION_PART, precision)
+            .is_none()
+        {
+            continue;
+        }
+        let mut h = crate::model::head_parts::HeadParts::load(manifest, precision, seconds)
+            .with_context(|| format!("loading the head parts ({precision}) for the benchmark"))?;
+        let x = window.inputs();
+        let n = h.row_len();
+        let mut rows = vec![0.0f32; seconds * n];
+        let patch = MERGED_TOKENS * VISUAL_DIM;
+        let second_ms = median_ms(runs, || {
+            Ok(h.second(
+                &x.audio[..1024],
+                &x.visual[..1280],
+                &x.patches[..patch],
+                &mut rows[..n],
+            )?)
+        })?;
+        for t in 1..seconds {
+            h.second(
+                &x.audio[t * 1024..(t + 1) * 1024],
+                &x.visual[t * 1280..(t + 1) * 1280],
+                &x.patches[t * patch..(t + 1) * patch],
+                &mut rows[t * n..(t + 1) * n],
+            )?;
+        }
+        let mut context = vec![0.0f32; h.context_len()];
+        let window_ms = median_ms(runs, || Ok(h.context(&rows, x.valid, &mut context)?))?;
+        let question_ms = median_ms(runs, || {
+            h.question(&rows, x.valid, &context, x.question, x.prompt)?;
+            Ok(())
+        })?;
+        eprintln!(
+            "  tract head parts {precision}: second {second_ms:.2} ms, window {window_ms:.2} ms, question {question_ms:.3} ms"
+        );
+        parts.insert(format!("tspm_second.{precision}"), second_ms);
+        parts.insert(format!("tspm_window.{precision}"), window_ms);
+        parts.insert(format!("tspm_question.{precision}"), question_ms);
+    }
+    let head_chosen = crate::model::precision::choose_head(
+        manifest,
+        cfg.models.head_precision,
+        cfg.models.int8_min_agreement,
+        seconds,
+    )?;
+    Ok(QuestionSide {
+        text,
+        text_tokens,
+        merge_ms,
+        head,
+        parts,
+        seconds,
+        head_chosen,
+    })
+}
+
+/// The question-side rows: tract against onnxruntime, the numpy reference of token merging
+/// and PyTorch for the head.
+fn print_question_side(q: &QuestionSide, ort_ms: &BTreeMap<String, f64>) {
+    println!();
+    println!(
+        "per question (text encoder, head over T = {} s) and per frame (token merging)",
+        q.seconds
+    );
+    println!(
+        "{:<34} {:>10} {:>12} {:>14}",
+        "stage", "tract ms", "other ms", "tract/other"
+    );
+    let row = |label: String, ms: f64, other: Option<(&str, f64)>| {
+        let (o, ratio) = match other {
+            Some((name, o)) => (format!("{o:.3} {name}"), format!("{:.3}", ms / o)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{label:<34} {ms:>10.3} {o:>12} {ratio:>14}");
+    };
+    for (id, ms) in &q.text {
+        row(
+            format!("{id} ({}/{} tokens)", q.text_tokens.0, q.text_tokens.1),
+            *ms,
+            ort_ms.get(id).map(|o| ("ort", *o)),
+        );
+    }
+    row(
+        "token merge (49 -> 14, Rust)".into(),
+        q.merge_ms,
+        ort_ms.get("token_merge.numpy").map(|o| ("numpy", *o)),
+    );
+    for (id, ms) in &q.head {
+        row(id.clone(), *ms, ort_ms.get(id).map(|o| ("ort", *o)));
+    }
+    if let (Some(t), Some(torch)) = (q.head.get("tspm_head.fp32"), ort_ms.get("tspm_head.torch")) {
+        row(
+            "tspm_head.fp32 vs PyTorch".into(),
+            *t,
+            Some(("torch", *torch)),
+        );
+    }
+    let label = |id: &str| match id.split('.').next() {
+        Some("tspm_second") => format!("{id} (per second)"),
+        Some("tspm_window") => format!("{id} (per new window)"),
+        _ => format!("{id} (per question)"),
+    };
+    for (id, ms) in &q.parts {
+        row(label(id), *ms, ort_ms.get(id).map(|o| ("ort", *o)));
+    }
+    for p in ["fp32", "int8"] {
+        let get = |name: &str, m: &BTreeMap<String, f64>| m.get(&format!("{name}.{p}")).copied();
+        if let (Some(w), Some(qq)) = (get("tspm_window", &q.parts), get("tspm_question", &q.parts))
+        {
+            let ort = match (get("tspm_window", ort_ms), get("tspm_question", ort_ms)) {
+                (Some(a), Some(b)) => Some(("ort", a + b)),
+                _ => None,
+            };
+            row(format!("head per question, new window ({p})"), w + qq, ort);
+            if let Some(whole) = q.head.get(&format!("tspm_head.{p}")) {
+                row(
+                    format!("  ... vs the whole head in tract ({p})"),
+                    w + qq,
+                    Some(("whole", *whole)),
+                );
+            }
+        }
+    }
+    println!(
+        "head chosen by the config: {} ({})",
+        q.head_chosen.entry.id(),
+        q.head_chosen.reason
+    );
+}
+
 fn ort_bench(
     dir: &Path,
     python: Option<&Path>,
     runs: usize,
+    question_side: bool,
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let python = match python {
         Some(p) => p.to_path_buf(),
@@ -383,6 +599,7 @@ fn ort_bench(
         .arg(&script)
         .arg(dir)
         .args(["--threads", "1", "--runs", &runs.to_string()])
+        .args(question_side.then_some("--question-side"))
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     if !out.status.success() {

@@ -264,6 +264,11 @@ fn start_sources(
             {
                 return alsa_source(device.trim(), lc.backoff, clock, tx);
             }
+            if let Source::Video(description) = &lc.source
+                && let Some(device) = description.strip_prefix("v4l:")
+            {
+                return v4l_source(device.trim(), &lc, clock, tx);
+            }
             let name = lc.name.clone();
             LiveSource::spawn(lc, clock, tx.clone())
                 .with_context(|| format!("starting the {name} source"))
@@ -299,5 +304,39 @@ fn alsa_source(
         "config key `capture.audio` = \"alsa:{device}\": this tspm-edge was built without the \
          `alsa` feature (cargo build --features alsa), or use a GStreamer description such as \
          \"alsasrc device={device}\""
+    )
+}
+
+/// `capture.video = "v4l:<device>"`: the direct V4L2 backend.
+#[cfg(feature = "v4l")]
+fn v4l_source(
+    device: &str,
+    lc: &LiveConfig,
+    clock: LiveClock,
+    tx: &crossbeam_channel::Sender<crate::capture::Captured>,
+) -> anyhow::Result<LiveSource> {
+    let cfg = crate::capture::v4l::V4lConfig {
+        name: lc.name.clone(),
+        device: device.into(),
+        video_fps: lc.capture.video_fps,
+        max_frame_size: lc.capture.max_frame_size,
+        stall_timeout: lc.stall_timeout,
+        backoff: lc.backoff,
+    };
+    crate::capture::v4l::spawn(cfg, clock, tx.clone())
+        .with_context(|| format!("starting the V4L2 source {device:?}"))
+}
+
+#[cfg(not(feature = "v4l"))]
+fn v4l_source(
+    device: &str,
+    _: &LiveConfig,
+    _: LiveClock,
+    _: &crossbeam_channel::Sender<crate::capture::Captured>,
+) -> anyhow::Result<LiveSource> {
+    anyhow::bail!(
+        "config key `capture.video` = \"v4l:{device}\": this tspm-edge was built without the \
+         `v4l` feature (cargo build --features v4l), or use a GStreamer description such as \
+         \"v4l2src device={device}\""
     )
 }

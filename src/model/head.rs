@@ -66,6 +66,15 @@ impl Head {
                     name: HEAD_MODEL.into(),
                     precision: precision.into(),
                 })?;
+        Self::load_entry(manifest, entry, seconds)
+    }
+
+    /// Loads the head file of `entry` for windows of `seconds` (≥ k) seconds.
+    pub fn load_entry(
+        manifest: &Manifest,
+        entry: &super::manifest::ModelEntry,
+        seconds: usize,
+    ) -> Result<Self, ModelError> {
         if seconds < SELECTED {
             return Err(ModelError::Contract {
                 model: entry.id(),
@@ -146,6 +155,57 @@ impl Head {
                 actual: "absent".into(),
             })?;
         self.model.output_i64(index)
+    }
+}
+
+/// Deterministic, non-degenerate head inputs for timing: ReLU-like features that differ per
+/// second (so the top-k has no ties) and unit-length question and prompt vectors.
+#[derive(Debug, Clone)]
+pub struct SyntheticWindow {
+    audio: Vec<f32>,
+    visual: Vec<f32>,
+    patches: Vec<f32>,
+    question: Vec<f32>,
+    prompt: Vec<f32>,
+    valid: Vec<f32>,
+}
+
+impl SyntheticWindow {
+    /// Features for `seconds` seconds.
+    pub fn new(seconds: usize) -> Self {
+        let wave = |n: usize, salt: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(40_503)) % 1009;
+                    (h as f32 / 1009.0 - 0.4).max(0.0)
+                })
+                .collect()
+        };
+        let unit = |salt: usize| -> Vec<f32> {
+            let v: Vec<f32> = wave(TEXT_DIM, salt).iter().map(|x| x - 0.15).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            v.iter().map(|x| x / norm).collect()
+        };
+        SyntheticWindow {
+            audio: wave(seconds * 1024, 1),
+            visual: wave(seconds * 1280, 2),
+            patches: wave(seconds * MERGED_TOKENS * 1280, 3),
+            question: unit(4),
+            prompt: unit(5),
+            valid: vec![1.0; seconds],
+        }
+    }
+
+    /// The head's inputs, borrowed.
+    pub fn inputs(&self) -> HeadInputs<'_> {
+        HeadInputs {
+            audio: &self.audio,
+            visual: &self.visual,
+            patches: &self.patches,
+            question: &self.question,
+            prompt: &self.prompt,
+            valid: &self.valid,
+        }
     }
 }
 

@@ -174,7 +174,11 @@ impl Manifest {
     /// The head's manifest, written by `models/export_head.py` beside the encoders' one.
     pub const HEAD_FILE_NAME: &'static str = "manifest-head.toml";
 
-    /// Reads `<dir>/manifest.toml`, plus `<dir>/manifest-head.toml` when the head was built.
+    /// The head parts' manifest, written by `models/export_head_parts.py`.
+    pub const HEAD_PARTS_FILE_NAME: &'static str = "manifest-head-parts.toml";
+
+    /// Reads `<dir>/manifest.toml`, plus `<dir>/manifest-head.toml` and
+    /// `<dir>/manifest-head-parts.toml` when the head was built.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| ModelError::ManifestRead {
@@ -184,10 +188,12 @@ impl Manifest {
         };
         let path = dir.join(Self::FILE_NAME);
         let mut manifest = Self::parse(&read(&path)?, dir, &path)?;
-        let head = dir.join(Self::HEAD_FILE_NAME);
-        if head.is_file() {
-            let more = Self::parse(&read(&head)?, dir, &head)?;
-            manifest.models.extend(more.models);
+        for name in [Self::HEAD_FILE_NAME, Self::HEAD_PARTS_FILE_NAME] {
+            let path = dir.join(name);
+            if path.is_file() {
+                let more = Self::parse(&read(&path)?, dir, &path)?;
+                manifest.models.extend(more.models);
+            }
         }
         Ok(manifest)
     }

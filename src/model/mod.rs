@@ -11,6 +11,7 @@
 pub mod check;
 pub mod encoders;
 pub mod head;
+pub mod head_parts;
 pub mod manifest;
 pub mod precision;
 pub mod text;

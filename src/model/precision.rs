@@ -38,12 +38,62 @@ struct Verdict {
     chosen: String,
 }
 
-/// Picks `name`'s variant by `choice`.
+/// Picks `name`'s variant by `choice`; under `auto`, an int8 encoder is eligible when its
+/// recorded mean embedding cosine reaches `int8_min_cosine`.
 pub fn choose(
     manifest: &Manifest,
     name: &str,
     choice: PrecisionChoice,
     int8_min_cosine: f32,
+) -> Result<Chosen, ModelError> {
+    let gate = |int8: &ModelEntry| {
+        let cosine = int8.check.as_ref().map(|c| c.mean_cosine);
+        match cosine {
+            Some(c) if c >= int8_min_cosine => None,
+            _ => Some(format!(
+                "auto: int8 mean cosine {} below the {int8_min_cosine} required",
+                cosine.map_or("unmeasured".to_string(), |c| format!("{c:.4}"))
+            )),
+        }
+    };
+    choose_by(manifest, name, name, choice, gate, time_model)
+}
+
+/// Picks the precision of the TSPM head's parts by `choice` (the question part's entry stands
+/// for the three); under `auto`, int8 parts are eligible when the question part's recorded
+/// answer agreement with fp32 reaches `int8_min_agreement`, and both are timed over a window
+/// of `seconds` seconds.
+pub fn choose_head(
+    manifest: &Manifest,
+    choice: PrecisionChoice,
+    int8_min_agreement: f32,
+    seconds: usize,
+) -> Result<Chosen, ModelError> {
+    let gate = |int8: &ModelEntry| {
+        let agreement = int8.check.as_ref().and_then(|c| c.top1_agreement);
+        match agreement {
+            Some(a) if a >= int8_min_agreement => None,
+            _ => Some(format!(
+                "auto: int8 answer agreement {} below the {int8_min_agreement} required",
+                agreement.map_or("unmeasured".to_string(), |a| format!("{a:.4}"))
+            )),
+        }
+    };
+    use super::head_parts::{QUESTION_PART, time_parts};
+    let timer = |m: &Manifest, e: &ModelEntry| time_parts(m, &e.precision, seconds);
+    let key = format!("{QUESTION_PART}@T{seconds}");
+    choose_by(manifest, QUESTION_PART, &key, choice, gate, timer)
+}
+
+/// `gate` says why an int8 entry is not eligible (`None` = eligible); `timer` gives one run's
+/// milliseconds; `key` names the verdict in the cache.
+fn choose_by(
+    manifest: &Manifest,
+    name: &str,
+    key: &str,
+    choice: PrecisionChoice,
+    gate: impl FnOnce(&ModelEntry) -> Option<String>,
+    timer: impl Fn(&Manifest, &ModelEntry) -> Result<f64, ModelError>,
 ) -> Result<Chosen, ModelError> {
     let find = |precision: &str| {
         manifest
@@ -72,20 +122,13 @@ pub fn choose(
                     reason: "auto: no int8 model built".into(),
                 });
             };
-            let cosine = int8.check.as_ref().map(|c| c.mean_cosine);
-            match cosine {
-                Some(c) if c >= int8_min_cosine => {}
-                _ => {
-                    return Ok(Chosen {
-                        entry: fp32,
-                        reason: format!(
-                            "auto: int8 mean cosine {} below the {int8_min_cosine} required",
-                            cosine.map_or("unmeasured".to_string(), |c| format!("{c:.4}"))
-                        ),
-                    });
-                }
+            if let Some(reason) = gate(&int8) {
+                return Ok(Chosen {
+                    entry: fp32,
+                    reason,
+                });
             }
-            let verdict = cached_or_measured(manifest, &fp32, &int8)?;
+            let verdict = cached_or_measured(manifest, key, &fp32, &int8, timer)?;
             let reason = format!(
                 "auto: fp32 {:.2} ms vs int8 {:.2} ms per run on this CPU",
                 verdict.fp32_ms, verdict.int8_ms
@@ -100,14 +143,16 @@ pub fn choose(
 
 fn cached_or_measured(
     manifest: &Manifest,
+    key: &str,
     fp32: &ModelEntry,
     int8: &ModelEntry,
+    timer: impl Fn(&Manifest, &ModelEntry) -> Result<f64, ModelError>,
 ) -> Result<Verdict, ModelError> {
     let path = cache_path(&manifest.dir);
     let mut cache = read_cache(&path);
     let cpu = cpu_id();
     let tract = tract::version().to_string();
-    if let Some(v) = cache.get(&fp32.name)
+    if let Some(v) = cache.get(key)
         && v.cpu == cpu
         && v.tract == tract
         && v.fp32_sha256 == fp32.sha256
@@ -115,9 +160,9 @@ fn cached_or_measured(
     {
         return Ok(v.clone());
     }
-    tracing::info!(model = %fp32.name, "timing fp32 and int8 once on this CPU (precision = auto)");
-    let fp32_ms = time_model(manifest, fp32)?;
-    let int8_ms = time_model(manifest, int8)?;
+    tracing::info!(model = %key, "timing fp32 and int8 once on this CPU (precision = auto)");
+    let fp32_ms = timer(manifest, fp32)?;
+    let int8_ms = timer(manifest, int8)?;
     let verdict = Verdict {
         cpu,
         tract,
@@ -127,7 +172,7 @@ fn cached_or_measured(
         int8_ms,
         chosen: if int8_ms < fp32_ms { "int8" } else { "fp32" }.into(),
     };
-    cache.insert(fp32.name.clone(), verdict.clone());
+    cache.insert(key.to_string(), verdict.clone());
     match toml::to_string(&cache) {
         Ok(text) => {
             if let Err(err) = std::fs::write(&path, text) {

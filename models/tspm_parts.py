@@ -1,0 +1,170 @@
+"""The TSPM head (models/tspm.py) cut into the three parts the runtime runs at different rates.
+
+Most of the head's work does not depend on the question:
+
+- **second** (once per one-second segment, when it enters the window): everything that reads
+  only that second — the input projections, the SPM (token self-attention, then the second's
+  audio querying its merged tokens), the TPM keys of the visual feature, and the QTG key / value
+  projections of the second's audio and SPM output. Output: one packed row of F values.
+- **window** (once per window version, whatever the number of questions): the AV layer over
+  all seconds and its means over the valid ones. Output: the context [2H].
+- **question** (per question): the prompt's TPM attention over the precomputed keys, the top-k
+  selection, the QTG attention of the question over the selected seconds' precomputed keys and
+  values, and the fusion / answer MLP.
+
+Composed, the parts compute exactly TSPMHead.forward (same weights, same masking rules; checked
+by models/export_head_parts.py to float rounding). Values in the rows of invalid seconds never
+reach an output (they are masked keys, excluded from the means, never selected), so the runtime
+may leave zeros there.
+
+Packed row layout (H = 512, N_TOK = 14), offsets in units of H:
+    0 a        proj_audio(audio)
+    1 v        proj_visual(visual)
+    2 tpm_k    tpm.attn.k(v)
+    3 v_sp     SPM output (spm_cross(a, spm_self(proj_patch(patches))))
+    4 qtg_ka   qtg.attn.k(a)
+    5 qtg_va   qtg.attn.v(a)
+    6 qtg_ks   qtg.attn.k(v_sp)
+    7 qtg_vs   qtg.attn.v(v_sp)
+    8H..8H+14  spm_w, the SPM attention of the second's audio over its 14 merged tokens
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+from tspm import NEG_INF, batch_gather, masked_mean
+
+N_SLOTS = 8  # H-wide slots in a packed row
+
+
+def row_len(h, n_tok):
+    return N_SLOTS * h + n_tok
+
+
+def _heads(x, attn):  # [B,L,H] -> [B,heads,L,d]
+    return x.reshape(x.shape[0], -1, attn.heads, attn.d).transpose(1, 2)
+
+
+def _attend(attn, query, k_proj, v_proj, key_mask):
+    """tspm.Attention.forward with the key / value Linears already applied."""
+    q = _heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = _heads(k_proj, attn), _heads(v_proj, attn)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if key_mask is not None:
+        scores = torch.where(key_mask[:, None, None, :], scores,
+                             torch.tensor(NEG_INF, dtype=scores.dtype))
+    w = torch.softmax(scores, dim=-1)
+    out = torch.matmul(w, v).transpose(1, 2)
+    out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
+    return attn.o(out), w.mean(dim=1)
+
+
+def _query_block(block, q, k_proj, v_proj, key_mask):
+    """tspm.QueryBlock.forward with projected keys / values."""
+    a, _ = _attend(block.attn, q, k_proj, v_proj, key_mask)
+    x = q + a
+    return block.ln(x + block.ffn(x))
+
+
+class SecondPart(nn.Module):
+    """audio [N,Da], visual [N,Dv], patches [N,N_TOK,Dp] -> packed [N,F]."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.h = head
+
+    def forward(self, audio, visual, patches):
+        m = self.h
+        hid = m.proj_audio.out_features
+        a = m.proj_audio(audio)  # [N,H]
+        v = m.proj_visual(visual)
+        tpm_k = m.tpm.attn.k(v)
+        tok = m.spm_self(m.proj_patch(patches))  # [N,N_TOK,H]
+        v_sp, w_sp = m.spm_cross(a.reshape(-1, 1, hid), tok)  # [N,1,H], [N,1,N_TOK]
+        v_sp = v_sp[:, 0]
+        qa = m.qtg.attn
+        return torch.cat([a, v, tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp),
+                          w_sp[:, 0]], dim=-1)
+
+
+class WindowPart(nn.Module):
+    """packed [N,T,F], valid [N,T] -> context [N,2H] (means of the AV layer's outputs)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.h = head
+
+    def forward(self, packed, valid):
+        m = self.h
+        hid = m.proj_audio.out_features
+        a, v = packed[..., :hid], packed[..., hid:2 * hid]
+        mk = valid > 0.5
+        mf = mk.to(packed.dtype)
+        a_av = m.av(a, v, mk)
+        v_av = m.av(v, a, mk)
+        return torch.cat([masked_mean(a_av, mf), masked_mean(v_av, mf)], dim=-1)
+
+
+class QuestionPart(nn.Module):
+    """packed [N,T,F], valid [N,T], context [N,2H], question [N,Dq], prompt [N,Dp] ->
+    logits [N,A], temporal_weights [N,T], selected [N,k] int64, spm_attention [N,k,N_TOK]
+    (the outputs of TSPMHead.forward)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.h = head
+
+    def forward(self, packed, valid, context, question, prompt):
+        m = self.h
+        hid, k = m.proj_audio.out_features, m.k
+        mk = valid > 0.5
+        mf = mk.to(packed.dtype)
+        slot = lambda x, i: x[..., i * hid:(i + 1) * hid]  # noqa: E731
+
+        q1 = m.proj_question(question)
+        q = q1.unsqueeze(1)
+        p = m.proj_prompt(prompt).unsqueeze(1)
+        # TPM: the prompt over the precomputed keys; head-averaged weights rank the seconds.
+        attn = m.tpm.attn
+        qh = _heads(attn.q(p) * (1.0 / math.sqrt(attn.d)), attn)
+        kh = _heads(slot(packed, 2), attn)
+        scores = torch.matmul(qh, kh.transpose(-1, -2))
+        scores = torch.where(mk[:, None, None, :], scores,
+                             torch.tensor(NEG_INF, dtype=scores.dtype))
+        w = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0]  # [N,T]
+        # Selection exactly as TSPMHead.forward (masked branch).
+        score = torch.where(mk, w, torch.tensor(NEG_INF, dtype=w.dtype))
+        _, top = torch.topk(score, k, dim=1)
+        top_valid = torch.gather(mf, 1, top)
+        key = top.to(packed.dtype) + (1.0 - top_valid) * float(1 << 20)
+        _, pos = torch.topk(key, k, dim=1, largest=False)
+        sel = torch.gather(top, 1, pos)
+        sel_ok = torch.gather(top_valid, 1, pos) > 0.5
+        sel = torch.where(sel_ok, sel, sel[:, :1])
+        sv = sel_ok.to(packed.dtype)
+
+        rows = batch_gather(packed, sel)  # [N,k,F]
+        a_k, v_sp = slot(rows, 0), slot(rows, 3)
+        spm_attention = rows[..., 8 * hid:]
+        a_q = _query_block(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
+        v_q = _query_block(m.qtg, q, slot(rows, 6), slot(rows, 7), sel_ok)
+        f = torch.cat([a_q[:, 0], context[:, :hid], masked_mean(a_k, sv),
+                       v_q[:, 0], context[:, hid:], masked_mean(v_sp, sv)], dim=-1)
+        f = m.fuse(torch.tanh(f))
+        f = f * q1
+        logits = m.answer(torch.tanh(f))
+        return logits, w, sel, spm_attention
+
+
+def compose(head, audio, visual, patches, question, prompt, valid):
+    """The three parts run as the runtime runs them; returns TSPMHead.forward's outputs.
+    Invalid seconds get zero rows (what the runtime's window holds for them)."""
+    second, window, quest = SecondPart(head), WindowPart(head), QuestionPart(head)
+    b, t = valid.shape
+    packed = second(audio.reshape(b * t, -1), visual.reshape(b * t, -1),
+                    patches.reshape(b * t, patches.shape[2], -1)).reshape(b, t, -1)
+    packed = torch.where((valid > 0.5).unsqueeze(-1), packed, torch.tensor(0.0))
+    context = window(packed, valid)
+    return quest(packed, valid, context, question, prompt)

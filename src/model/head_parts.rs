@@ -1,0 +1,286 @@
+//! The TSPM head as the runtime runs it: three tract plans at three rates
+//! (`models/tspm_parts.py`).
+//!
+//! - `tspm_second`, once per second as it enters the window: the question-independent work of
+//!   that second (projections, the spatial attention over its merged tokens, keys and values
+//!   for the question attention), packed into one row of [`HeadParts::row_len`] values;
+//! - `tspm_window`, once per window version: the audio-visual attention over all seconds,
+//!   reduced to a context vector;
+//! - `tspm_question`, per question: the prompt's temporal attention over the precomputed keys,
+//!   the top-k selection, the question's attention over the selected seconds and the answer.
+//!
+//! Composed they compute exactly what the whole head (`tspm_head`) computes; the model build
+//! checks that in onnxruntime and `tests/head.rs` checks it in tract against the whole head's
+//! outputs.
+
+use super::head::{HeadInputs, HeadOutputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use super::manifest::{Manifest, ModelEntry};
+use super::{Input, Model, ModelError};
+
+/// Logical name of the per-second part in the manifest.
+pub const SECOND_PART: &str = "tspm_second";
+/// Logical name of the per-window part.
+pub const WINDOW_PART: &str = "tspm_window";
+/// Logical name of the per-question part.
+pub const QUESTION_PART: &str = "tspm_question";
+
+const AUDIO_DIM: usize = 1024;
+const VISUAL_DIM: usize = 1280;
+
+/// The three loaded parts with their live tract states.
+#[derive(Debug)]
+pub struct HeadParts {
+    second: Model,
+    window: Model,
+    question: Model,
+    seconds: usize,
+    row_len: usize,
+    context_len: usize,
+    answers: usize,
+}
+
+impl HeadParts {
+    /// Loads the three parts at `precision` for windows of `seconds` (≥ k) seconds.
+    pub fn load(manifest: &Manifest, precision: &str, seconds: usize) -> Result<Self, ModelError> {
+        let find = |name: &str| {
+            manifest
+                .find(name, precision)
+                .ok_or_else(|| ModelError::NotInManifest {
+                    dir: manifest.dir.clone(),
+                    name: name.into(),
+                    precision: precision.into(),
+                })
+        };
+        let (s, w, q) = (find(SECOND_PART)?, find(WINDOW_PART)?, find(QUESTION_PART)?);
+        if seconds < SELECTED {
+            return Err(ModelError::Contract {
+                model: q.id(),
+                tensor: "window length T".into(),
+                expected: format!("at least {SELECTED} seconds (the head selects {SELECTED})"),
+                actual: seconds.to_string(),
+            });
+        }
+        let row_len = out_len(s, "packed")?;
+        let context_len = out_len(w, "context")?;
+        let answers = out_len(q, "logits")?;
+        let dims = [("N", 1), ("T", seconds)];
+        Ok(HeadParts {
+            second: Model::load_sized(manifest, s, &[("N", 1)], &[])?,
+            window: Model::load_sized(manifest, w, &dims, &[])?,
+            question: Model::load_sized(manifest, q, &dims, &[])?,
+            seconds,
+            row_len,
+            context_len,
+            answers,
+        })
+    }
+
+    /// Loads the parts at the precision `choice` picks (see
+    /// [`super::precision::choose_head`]); also returns why.
+    pub fn load_chosen(
+        manifest: &Manifest,
+        choice: crate::config::PrecisionChoice,
+        int8_min_agreement: f32,
+        seconds: usize,
+    ) -> Result<(Self, super::precision::Chosen), ModelError> {
+        let chosen = super::precision::choose_head(manifest, choice, int8_min_agreement, seconds)?;
+        let head = Self::load(manifest, &chosen.entry.precision, seconds)?;
+        Ok((head, chosen))
+    }
+
+    /// The window length T the plans were built for.
+    pub fn seconds(&self) -> usize {
+        self.seconds
+    }
+
+    /// Values in one second's row.
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Values in the window's context vector.
+    pub fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    /// Number of answers (A).
+    pub fn answers(&self) -> usize {
+        self.answers
+    }
+
+    /// The three manifest entries: second, window, question.
+    pub fn entries(&self) -> [&ModelEntry; 3] {
+        [
+            self.second.entry(),
+            self.window.entry(),
+            self.question.entry(),
+        ]
+    }
+
+    /// A short id of the head for answers and status, e.g. `tspm_parts.fp32`.
+    pub fn id(&self) -> String {
+        format!("tspm_parts.{}", self.question.entry().precision)
+    }
+
+    /// One second's row: `audio` [1024], `visual` [1280], `patches` [14 × 1280] → `row`.
+    pub fn second(
+        &mut self,
+        audio: &[f32],
+        visual: &[f32],
+        patches: &[f32],
+        row: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.check_len("row buffer", row.len(), self.row_len)?;
+        self.second.run_inputs(&[
+            Input::F32(&[1, AUDIO_DIM], audio),
+            Input::F32(&[1, VISUAL_DIM], visual),
+            Input::F32(&[1, MERGED_TOKENS, VISUAL_DIM], patches),
+        ])?;
+        row.copy_from_slice(self.second.output_by_name("packed")?);
+        Ok(())
+    }
+
+    /// The window's context from its rows [T × row] and validity [T] → `context`.
+    pub fn context(
+        &mut self,
+        rows: &[f32],
+        valid: &[f32],
+        context: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.check_len("context buffer", context.len(), self.context_len)?;
+        self.check_valid(valid)?;
+        let t = self.seconds;
+        self.window.run_inputs(&[
+            Input::F32(&[1, t, self.row_len], rows),
+            Input::F32(&[1, t], valid),
+        ])?;
+        context.copy_from_slice(self.window.output_by_name("context")?);
+        Ok(())
+    }
+
+    /// Answers one question over the window's rows, validity and context.
+    pub fn question(
+        &mut self,
+        rows: &[f32],
+        valid: &[f32],
+        context: &[f32],
+        question: &[f32],
+        prompt: &[f32],
+    ) -> Result<HeadOutputs, ModelError> {
+        self.check_valid(valid)?;
+        let t = self.seconds;
+        self.question.run_inputs(&[
+            Input::F32(&[1, t, self.row_len], rows),
+            Input::F32(&[1, t], valid),
+            Input::F32(&[1, self.context_len], context),
+            Input::F32(&[1, TEXT_DIM], question),
+            Input::F32(&[1, TEXT_DIM], prompt),
+        ])?;
+        let selected_index = self
+            .question
+            .entry()
+            .output("selected")
+            .map(|(i, _)| i)
+            .ok_or_else(|| ModelError::Contract {
+                model: self.question.entry().id(),
+                tensor: "output \"selected\"".into(),
+                expected: "an output named selected".into(),
+                actual: "absent".into(),
+            })?;
+        Ok(HeadOutputs {
+            logits: self.question.output_by_name("logits")?.to_vec(),
+            temporal_weights: self.question.output_by_name("temporal_weights")?.to_vec(),
+            selected: self.question.output_i64(selected_index)?.to_vec(),
+            spm_attention: self.question.output_by_name("spm_attention")?.to_vec(),
+        })
+    }
+
+    /// The whole head on raw features, as the runtime composes it: a row per valid second
+    /// (zeros for invalid ones), the context, the question. For files (`answer`) and checks;
+    /// the daemon keeps the rows in its window instead.
+    pub fn run(&mut self, x: &HeadInputs<'_>) -> Result<HeadOutputs, ModelError> {
+        let t = self.seconds;
+        self.check_len("valid", x.valid.len(), t)?;
+        self.check_len("audio", x.audio.len(), t * AUDIO_DIM)?;
+        self.check_len("visual", x.visual.len(), t * VISUAL_DIM)?;
+        self.check_len("patches", x.patches.len(), t * MERGED_TOKENS * VISUAL_DIM)?;
+        let n = self.row_len;
+        let mut rows = vec![0.0f32; t * n];
+        let patch = MERGED_TOKENS * VISUAL_DIM;
+        for (s, row) in rows.chunks_exact_mut(n).enumerate() {
+            if x.valid[s] > 0.5 {
+                self.second(
+                    &x.audio[s * AUDIO_DIM..(s + 1) * AUDIO_DIM],
+                    &x.visual[s * VISUAL_DIM..(s + 1) * VISUAL_DIM],
+                    &x.patches[s * patch..(s + 1) * patch],
+                    row,
+                )?;
+            }
+        }
+        let mut context = vec![0.0f32; self.context_len];
+        self.context(&rows, x.valid, &mut context)?;
+        self.question(&rows, x.valid, &context, x.question, x.prompt)
+    }
+
+    fn check_len(&self, what: &str, got: usize, want: usize) -> Result<(), ModelError> {
+        if got == want {
+            return Ok(());
+        }
+        Err(ModelError::InputShape {
+            model: self.question.entry().id(),
+            tensor: what.into(),
+            expected: format!("{want} values"),
+            actual: vec![got],
+        })
+    }
+
+    fn check_valid(&self, valid: &[f32]) -> Result<(), ModelError> {
+        self.check_len("valid", valid.len(), self.seconds)?;
+        if valid.iter().any(|&v| v > 0.5) {
+            return Ok(());
+        }
+        Err(ModelError::Contract {
+            model: self.question.entry().id(),
+            tensor: "input \"valid\"".into(),
+            expected: "at least one valid second".into(),
+            actual: "none".into(),
+        })
+    }
+}
+
+/// The row length of `entry`'s output `name` (its last dims).
+fn out_len(entry: &ModelEntry, name: &str) -> Result<usize, ModelError> {
+    entry
+        .output(name)
+        .map(|(_, spec)| spec.row_len())
+        .ok_or_else(|| ModelError::Contract {
+            model: entry.id(),
+            tensor: format!("output {name:?}"),
+            expected: format!("an output named {name:?}"),
+            actual: "absent".into(),
+        })
+}
+
+/// Median milliseconds of the per-question work on a new window (window part + question part)
+/// over `seconds` seconds of deterministic rows, after one warm-up; at most ~3 s of runs.
+pub fn time_parts(manifest: &Manifest, precision: &str, seconds: usize) -> Result<f64, ModelError> {
+    let mut head = HeadParts::load(manifest, precision, seconds)?;
+    let x = super::head::SyntheticWindow::new(seconds);
+    head.run(&x.inputs())?;
+    let (rows, valid) = (vec![0.01f32; seconds * head.row_len], vec![1.0f32; seconds]);
+    let q = x.inputs().question.to_vec();
+    let mut context = vec![0.0f32; head.context_len];
+    let mut times = Vec::new();
+    let budget = std::time::Instant::now();
+    for _ in 0..7 {
+        let t = std::time::Instant::now();
+        head.context(&rows, &valid, &mut context)?;
+        head.question(&rows, &valid, &context, &q, &q)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if budget.elapsed().as_secs() >= 3 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
