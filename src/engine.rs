@@ -1,8 +1,11 @@
 //! The engine: the one thread that owns all mutable inference state.
 //!
-//! **Owns** the segmenter, the featurizer (log-mel, image prep, both encoders), token
-//! merging, the rolling [`Window`], the text encoder and the head — every tract state — and
-//! the subscribers to preset answers. Capture and the API talk to it only through channels:
+//! **Owns** the segmenter, token merging, the rolling [`Window`], the text encoder and the
+//! head, and the subscribers to preset answers. The per-second encoders (log-mel, image
+//! prep, YAMNet, EfficientNet-Lite0: ~35 ms of a segment's ~37) run on one encoder thread that
+//! owns the featurizer and its tract states, so a question never waits behind a segment's
+//! encoders; the engine hands it segments over a bounded channel and stops taking capture
+//! items while two are in flight (backpressure in accelerated runs, counted drops live). Capture and the API talk to it only through channels:
 //! capture items arrive on a bounded channel that the sources fill with `try_send` (so the
 //! engine falling behind costs dropped, counted items, never a stalled camera); requests
 //! arrive on a bounded channel with a reply channel each; preset answers leave through one
@@ -54,6 +57,8 @@ const MAX_SUBSCRIBERS: usize = 64;
 const CACHE_ENTRIES: usize = 256;
 /// How often the engine wakes up without input (watchdog, lost-audio fill, presets).
 const TICK: Duration = Duration::from_millis(200);
+/// Segments handed to the encoder thread and not yet back.
+const ENCODER_IN_FLIGHT: usize = 2;
 /// A second whose audio RMS is above this (-50 dBFS) counts as sound present (for the LED).
 const SOUND_RMS: f32 = 0.003_16;
 
@@ -70,7 +75,8 @@ pub struct ModelInfo {
 
 /// Everything loaded, checked and warmed up before the engine starts.
 pub struct Models {
-    featurizer: Featurizer,
+    /// `None` once the encoder thread has taken it.
+    featurizer: Option<Featurizer>,
     merger: TokenMerger,
     head: HeadParts,
     text: TextEncoder,
@@ -142,7 +148,7 @@ impl Models {
             });
         }
         let mut models = Models {
-            featurizer,
+            featurizer: Some(featurizer),
             merger,
             head,
             text,
@@ -160,8 +166,11 @@ impl Models {
 
     fn warm_up(&mut self) -> anyhow::Result<()> {
         let mut features = SegmentFeatures::default();
-        self.featurizer
-            .audio(&vec![0.0; SEGMENT_SAMPLES], &mut features)?;
+        let featurizer = self
+            .featurizer
+            .as_mut()
+            .context("the featurizer was handed to the encoder thread")?;
+        featurizer.audio(&vec![0.0; SEGMENT_SAMPLES], &mut features)?;
         let frame = Frame {
             pts: Pts(0),
             width_px: 320,
@@ -169,7 +178,7 @@ impl Models {
             stride_bytes: 960,
             data: vec![128; 960 * 240],
         };
-        self.featurizer.frame(&frame, &mut features)?;
+        featurizer.frame(&frame, &mut features)?;
         let mut merged = MergedTokens::new(MERGED_TOKENS, VISUAL_DIM);
         self.merger.merge(&features.tokens, &mut merged)?;
         let mut q = vec![0.0; TEXT_DIM];
@@ -470,7 +479,12 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine thread with loaded models.
-    pub fn start(models: Models, settings: Settings, inputs: Inputs) -> anyhow::Result<Self> {
+    pub fn start(mut models: Models, settings: Settings, inputs: Inputs) -> anyhow::Result<Self> {
+        let featurizer = models
+            .featurizer
+            .take()
+            .context("the models' featurizer is already in use")?;
+        let encoder = Encoder::spawn(featurizer)?;
         let (requests, requests_rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
         let signals = Arc::new(Signals::default());
         let head_seconds = models.head.seconds();
@@ -479,10 +493,15 @@ impl Engine {
             window: Window::new(settings.window_seconds, row_len),
             view: HeadView::new(head_seconds, row_len),
             row: vec![0.0; row_len],
+            encoder,
+            feature_pool: (0..ENCODER_IN_FLIGHT)
+                .map(|_| SegmentFeatures::default())
+                .collect(),
+            waiting: std::collections::VecDeque::with_capacity(4 * ENCODER_IN_FLIGHT),
+            in_flight: 0,
             context: vec![0.0; models.head.context_len()],
             context_version: u64::MAX,
             segmenter: Segmenter::new(SegmenterConfig::default()),
-            features: SegmentFeatures::default(),
             merged: MergedTokens::new(MERGED_TOKENS, VISUAL_DIM),
             q_emb: vec![0.0; TEXT_DIM],
             p_emb: vec![0.0; TEXT_DIM],
@@ -547,6 +566,70 @@ impl Engine {
     }
 }
 
+/// A segment and a buffer for its features, to the encoder thread.
+struct EncodeJob {
+    seg: Segment,
+    features: SegmentFeatures,
+}
+
+/// The same, back from the encoder thread.
+struct Encoded {
+    seg: Segment,
+    features: SegmentFeatures,
+    result: anyhow::Result<()>,
+    encoder_ms: f64,
+}
+
+/// The encoder thread: owns the featurizer (DSP front ends, YAMNet, EfficientNet-Lite0 and
+/// their tract states) and encodes one segment per job, in order.
+struct Encoder {
+    jobs: Sender<EncodeJob>,
+    done: Receiver<Encoded>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Encoder {
+    fn spawn(mut featurizer: Featurizer) -> anyhow::Result<Self> {
+        let (jobs, jobs_rx) = crossbeam_channel::bounded::<EncodeJob>(ENCODER_IN_FLIGHT);
+        let (done_tx, done) = crossbeam_channel::bounded::<Encoded>(ENCODER_IN_FLIGHT);
+        let thread = std::thread::Builder::new()
+            .name("encoder".into())
+            .spawn(move || {
+                for EncodeJob { seg, mut features } in jobs_rx {
+                    let started = Instant::now();
+                    let result = featurizer.process(&seg, &mut features);
+                    let encoder_ms = started.elapsed().as_secs_f64() * 1e3;
+                    let encoded = Encoded {
+                        seg,
+                        features,
+                        result,
+                        encoder_ms,
+                    };
+                    if done_tx.send(encoded).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("starting the encoder thread")?;
+        Ok(Encoder {
+            jobs,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Closes the job channel and waits for the thread (after the last job is back).
+    fn stop(&mut self) {
+        let (closed, _) = crossbeam_channel::bounded(0);
+        self.jobs = closed;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the encoder thread panicked");
+        }
+    }
+}
+
 struct Subscriber {
     tx: Sender<PresetAnswers>,
     every: Duration,
@@ -569,7 +652,14 @@ struct State {
     context: Vec<f32>,
     context_version: u64,
     segmenter: Segmenter,
-    features: SegmentFeatures,
+    /// The encoder thread and its channels.
+    encoder: Encoder,
+    /// Feature buffers not lent to the encoder thread.
+    feature_pool: Vec<SegmentFeatures>,
+    /// Segments cut but not yet handed to the encoder thread.
+    waiting: std::collections::VecDeque<Segment>,
+    /// Segments with the encoder thread.
+    in_flight: usize,
     merged: MergedTokens,
     q_emb: Vec<f32>,
     p_emb: Vec<f32>,
@@ -597,12 +687,29 @@ impl State {
     fn run(mut self) {
         let ticker = crossbeam_channel::tick(TICK);
         let mut captured = self.inputs.captured.clone();
+        let paused: Receiver<Captured> = crossbeam_channel::never();
+        let done = self.encoder.done.clone();
         loop {
+            // While the encoder thread is busy with enough segments, capture items wait in
+            // their channel: a live source then drops and counts, an accelerated one waits.
+            let capture = if self.waiting.len() < ENCODER_IN_FLIGHT {
+                &captured
+            } else {
+                &paused
+            };
             select! {
-                recv(captured) -> item => match item {
+                recv(capture) -> item => match item {
                     Ok(item) => self.on_captured(item),
                     // Every source has stopped; requests may still come.
                     Err(_) => captured = crossbeam_channel::never(),
+                },
+                recv(done) -> encoded => match encoded {
+                    Ok(encoded) => self.on_encoded(encoded),
+                    Err(_) => {
+                        tracing::error!("the encoder thread stopped");
+                        self.last_error = Some("the encoder thread stopped".into());
+                        return;
+                    }
                 },
                 recv(self.requests) -> request => match request {
                     Ok(Request::Shutdown { reply }) => {
@@ -618,12 +725,50 @@ impl State {
         }
     }
 
-    /// Encodes everything capture has queued (at shutdown).
+    /// Encodes everything capture has queued (at shutdown), then stops the encoder thread.
     fn drain(&mut self) {
         while let Ok(item) = self.inputs.captured.try_recv() {
             self.on_captured(item);
         }
+        while self.in_flight > 0 {
+            match self.encoder.done.recv() {
+                Ok(encoded) => self.on_encoded(encoded),
+                Err(_) => break,
+            }
+        }
+        self.encoder.stop();
         tracing::info!(segments = self.segments, "engine drained");
+    }
+
+    /// Moves the segmenter's finished segments to the encoder thread's queue.
+    fn collect_segments(&mut self) {
+        while let Some(seg) = self.segmenter.pop() {
+            self.waiting.push_back(seg);
+        }
+        self.dispatch();
+    }
+
+    /// Hands waiting segments to the encoder thread while it has room.
+    fn dispatch(&mut self) {
+        while self.in_flight < ENCODER_IN_FLIGHT && !self.waiting.is_empty() {
+            let Some(features) = self.feature_pool.pop() else {
+                return;
+            };
+            let Some(seg) = self.waiting.pop_front() else {
+                self.feature_pool.push(features);
+                return;
+            };
+            match self.encoder.jobs.try_send(EncodeJob { seg, features }) {
+                Ok(()) => self.in_flight += 1,
+                Err(err) => {
+                    // Cannot happen while in_flight counts right; keep the segment.
+                    let job = err.into_inner();
+                    self.waiting.push_front(job.seg);
+                    self.feature_pool.push(job.features);
+                    return;
+                }
+            }
+        }
     }
 
     fn on_captured(&mut self, item: Captured) {
@@ -641,36 +786,46 @@ impl State {
             // Live sources restart on their own; the ends of their runs change nothing here.
             Captured::StreamEnd(_) | Captured::Eos => {}
         }
-        while let Some(seg) = self.segmenter.pop() {
-            self.on_segment(&seg);
-            self.segmenter.recycle(seg);
-        }
+        self.collect_segments();
     }
 
-    fn on_segment(&mut self, seg: &Segment) {
+    fn on_encoded(&mut self, encoded: Encoded) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Encoded {
+            seg,
+            features,
+            result,
+            encoder_ms,
+        } = encoded;
         let started = Instant::now();
-        if let Err(e) = self.encode(seg) {
+        let result = result.and_then(|()| self.finish_segment(&seg, &features));
+        let (index, end) = (seg.index, seg.end());
+        self.segmenter.recycle(seg);
+        self.feature_pool.push(features);
+        self.dispatch();
+        if let Err(e) = result {
             self.segment_errors += 1;
-            let message = format!("second {}: {e:#}", seg.index);
+            let message = format!("second {index}: {e:#}");
             tracing::error!(error = %message, "encoding failed");
             self.last_error = Some(message);
             return;
         }
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let ms = encoder_ms + started.elapsed().as_secs_f64() * 1e3;
         self.segments += 1;
         self.segment_ms_sum += ms;
         self.segment_ms_max = self.segment_ms_max.max(ms);
-        self.lag = Duration::from_nanos(self.inputs.clock.now_ns().saturating_sub(seg.end().0));
+        self.lag = Duration::from_nanos(self.inputs.clock.now_ns().saturating_sub(end.0));
         self.signals
             .segments
             .store(self.segments, Ordering::Relaxed);
     }
 
-    fn encode(&mut self, seg: &Segment) -> anyhow::Result<()> {
-        self.models.featurizer.process(seg, &mut self.features)?;
+    /// The engine's part of a segment the encoder thread has encoded: token merging, the
+    /// head's per-second part, and the window.
+    fn finish_segment(&mut self, seg: &Segment, features: &SegmentFeatures) -> anyhow::Result<()> {
         self.models
             .merger
-            .merge(&self.features.tokens, &mut self.merged)?;
+            .merge(&features.tokens, &mut self.merged)?;
         let (start, end) = (seg.start().0, seg.end().0);
         let filled = self
             .silence_fill
@@ -683,8 +838,8 @@ impl State {
             .store(audio && energy.sqrt() > SOUND_RMS, Ordering::Relaxed);
         // The head's per-second part runs now, once, so a question pays only for its own part.
         self.models.head.second(
-            &self.features.audio,
-            &self.features.visual,
+            &features.audio,
+            &features.visual,
             self.merged.features(),
             &mut self.row,
         )?;
@@ -789,10 +944,7 @@ impl State {
             Some((a, b)) if b >= first => (a, self.audio_end_ns),
             _ => (first, self.audio_end_ns),
         });
-        while let Some(seg) = self.segmenter.pop() {
-            self.on_segment(&seg);
-            self.segmenter.recycle(seg);
-        }
+        self.collect_segments();
     }
 
     fn publish_presets(&mut self) {
