@@ -99,8 +99,15 @@ fn head_in_tract_matches_onnxruntime() {
             assert!(d <= tol, "{name} {precision}: logits max abs {d}");
             let d = max_abs(&out.temporal_weights, &a[&format!("{p}temporal_weights")]);
             assert!(d <= tol, "{name} {precision}: temporal weights max abs {d}");
+            // int8: tract and onnxruntime requantise with different rounding, and a one-step
+            // difference in the per-column patch projection moves the 14-token SPM softmax by
+            // up to ~0.008 (measured) while logits stay within 1e-3 and the picks are equal.
+            let spm_tol = if precision == "int8" { 2e-2 } else { 1e-4 };
             let d = max_abs(&out.spm_attention, &a[&format!("{p}spm_attention")]);
-            assert!(d <= tol, "{name} {precision}: spm attention max abs {d}");
+            assert!(
+                d <= spm_tol,
+                "{name} {precision}: spm attention max abs {d}"
+            );
             let want = if precision == "int8" {
                 &case.int8_selected
             } else {
