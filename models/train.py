@@ -67,7 +67,8 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import tspm  # noqa: E402
-from tspm import NEG_INF, batch_gather, masked_mean  # noqa: E402
+from tspm import (NEG_INF, batch_gather, masked_mean,  # noqa: E402
+                  query_block_projected, select_masked, split_heads)
 
 SEED = 20240731  # = export_head.SEED: training starts from the untrained head's weights
 VARIANTS = ("full", "qprompt", "alltime", "nomerge")
@@ -182,31 +183,6 @@ def make_batch(clips, emb):
 # ---------------------------------------------------------------------------------------------
 # the head, clip part once per clip
 
-def split_heads(x, attn):  # [B,L,H] -> [B,heads,L,d]
-    return x.reshape(x.shape[0], -1, attn.heads, attn.d).transpose(1, 2)
-
-
-def attend_projected(attn, query, k_proj, v_proj, key_mask):
-    """tspm.Attention.forward with the key / value Linears already applied to kv."""
-    q = split_heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
-    k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    if key_mask is not None:
-        scores = torch.where(key_mask[:, None, None, :], scores,
-                             torch.tensor(NEG_INF, dtype=scores.dtype))
-    w = torch.softmax(scores, dim=-1)
-    out = torch.matmul(w, v).transpose(1, 2)
-    out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
-    return attn.o(out), w.mean(dim=1)
-
-
-def query_block_projected(block, q, k_proj, v_proj, key_mask):
-    """tspm.QueryBlock.forward with projected keys / values."""
-    a, _ = attend_projected(block.attn, q, k_proj, v_proj, key_mask)
-    x = q + block.drop(a)
-    return block.ln(x + block.ffn(x))
-
-
 def select(model, p, v_keys, m, all_time=False):
     """The TPM's selection for each question (no gradient: top-k indices), exactly as
     TSPMHead.forward: returns sel [Q,k] int64 and sel_ok [Q,k] bool."""
@@ -221,16 +197,7 @@ def select(model, p, v_keys, m, all_time=False):
         scores = torch.matmul(q, kh.transpose(-1, -2))
         scores = torch.where(m[:, None, None, :], scores, torch.tensor(NEG_INF, dtype=scores.dtype))
         w = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0]  # [Q,T]
-        mf = m.to(w.dtype)
-        score = torch.where(m, w, torch.tensor(NEG_INF, dtype=w.dtype))
-        _, top = torch.topk(score, k, dim=1)
-        top_valid = torch.gather(mf, 1, top)
-        key = top.to(w.dtype) + (1.0 - top_valid) * float(1 << 20)
-        _, pos = torch.topk(key, k, dim=1, largest=False)
-        sel = torch.gather(top, 1, pos)
-        sel_ok = torch.gather(top_valid, 1, pos) > 0.5
-        sel = torch.where(sel_ok, sel, sel[:, :1])
-        return sel, sel_ok
+        return select_masked(w, m, k)
 
 
 def grouped_forward(model, b, all_time=False):

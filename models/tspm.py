@@ -166,6 +166,48 @@ def batch_gather(x, idx):
     return torch.gather(x, 1, full)
 
 
+def split_heads(x, attn):
+    """[B,L,H] -> [B,heads,L,d] for `attn` (an Attention)."""
+    return x.reshape(x.shape[0], -1, attn.heads, attn.d).transpose(1, 2)
+
+
+def attend_projected(attn, query, k_proj, v_proj, key_mask):
+    """Attention.forward with the key / value Linears already applied to kv (they commute
+    with gathers over time, so callers project once and gather the projections)."""
+    q = split_heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if key_mask is not None:
+        scores = torch.where(key_mask[:, None, None, :], scores,
+                             torch.tensor(NEG_INF, dtype=scores.dtype))
+    w = torch.softmax(scores, dim=-1)
+    out = torch.matmul(w, v).transpose(1, 2)
+    out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
+    return attn.o(out), w.mean(dim=1)
+
+
+def query_block_projected(block, q, k_proj, v_proj, key_mask):
+    """QueryBlock.forward with projected keys / values."""
+    a, _ = attend_projected(block.attn, q, k_proj, v_proj, key_mask)
+    x = q + block.drop(a)
+    return block.ln(x + block.ffn(x))
+
+
+def select_masked(w, m, k):
+    """TSPMHead.forward's selection with a validity mask: w [B,T] temporal weights, m [B,T]
+    bool -> sel [B,k] int64 (real seconds first in ascending time, padding repeats slot 0)
+    and sel_ok [B,k] bool."""
+    mf = m.to(w.dtype)
+    score = torch.where(m, w, torch.tensor(NEG_INF, dtype=w.dtype))
+    _, top = torch.topk(score, k, dim=1)
+    top_valid = torch.gather(mf, 1, top)
+    key = top.to(w.dtype) + (1.0 - top_valid) * float(1 << 20)
+    _, pos = torch.topk(key, k, dim=1, largest=False)
+    sel = torch.gather(top, 1, pos)
+    sel_ok = torch.gather(top_valid, 1, pos) > 0.5
+    return torch.where(sel_ok, sel, sel[:, :1]), sel_ok
+
+
 class TSPMHead(nn.Module):
     def __init__(self, n_answers, d_audio=1024, d_visual=1280, d_patch=1280, d_question=384,
                  d_prompt=384, hidden=512, k=10, dropout=0.1):

@@ -34,38 +34,14 @@ import math
 import torch
 import torch.nn as nn
 
-from tspm import NEG_INF, batch_gather, masked_mean
+from tspm import (NEG_INF, batch_gather, masked_mean, query_block_projected, select_masked,
+                  split_heads)
 
 N_SLOTS = 8  # H-wide slots in a packed row
 
 
 def row_len(h, n_tok):
     return N_SLOTS * h + n_tok
-
-
-def _heads(x, attn):  # [B,L,H] -> [B,heads,L,d]
-    return x.reshape(x.shape[0], -1, attn.heads, attn.d).transpose(1, 2)
-
-
-def _attend(attn, query, k_proj, v_proj, key_mask):
-    """tspm.Attention.forward with the key / value Linears already applied."""
-    q = _heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
-    k, v = _heads(k_proj, attn), _heads(v_proj, attn)
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    if key_mask is not None:
-        scores = torch.where(key_mask[:, None, None, :], scores,
-                             torch.tensor(NEG_INF, dtype=scores.dtype))
-    w = torch.softmax(scores, dim=-1)
-    out = torch.matmul(w, v).transpose(1, 2)
-    out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
-    return attn.o(out), w.mean(dim=1)
-
-
-def _query_block(block, q, k_proj, v_proj, key_mask):
-    """tspm.QueryBlock.forward with projected keys / values."""
-    a, _ = _attend(block.attn, q, k_proj, v_proj, key_mask)
-    x = q + a
-    return block.ln(x + block.ffn(x))
 
 
 class SecondPart(nn.Module):
@@ -120,7 +96,6 @@ class QuestionPart(nn.Module):
         m = self.h
         hid, k = m.proj_audio.out_features, m.k
         mk = valid > 0.5
-        mf = mk.to(packed.dtype)
         slot = lambda x, i: x[..., i * hid:(i + 1) * hid]  # noqa: E731
 
         q1 = m.proj_question(question)
@@ -128,28 +103,21 @@ class QuestionPart(nn.Module):
         p = m.proj_prompt(prompt).unsqueeze(1)
         # TPM: the prompt over the precomputed keys; head-averaged weights rank the seconds.
         attn = m.tpm.attn
-        qh = _heads(attn.q(p) * (1.0 / math.sqrt(attn.d)), attn)
-        kh = _heads(slot(packed, 2), attn)
+        qh = split_heads(attn.q(p) * (1.0 / math.sqrt(attn.d)), attn)
+        kh = split_heads(slot(packed, 2), attn)
         scores = torch.matmul(qh, kh.transpose(-1, -2))
         scores = torch.where(mk[:, None, None, :], scores,
                              torch.tensor(NEG_INF, dtype=scores.dtype))
         w = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0]  # [N,T]
         # Selection exactly as TSPMHead.forward (masked branch).
-        score = torch.where(mk, w, torch.tensor(NEG_INF, dtype=w.dtype))
-        _, top = torch.topk(score, k, dim=1)
-        top_valid = torch.gather(mf, 1, top)
-        key = top.to(packed.dtype) + (1.0 - top_valid) * float(1 << 20)
-        _, pos = torch.topk(key, k, dim=1, largest=False)
-        sel = torch.gather(top, 1, pos)
-        sel_ok = torch.gather(top_valid, 1, pos) > 0.5
-        sel = torch.where(sel_ok, sel, sel[:, :1])
+        sel, sel_ok = select_masked(w, mk, k)
         sv = sel_ok.to(packed.dtype)
 
         rows = batch_gather(packed, sel)  # [N,k,F]
         a_k, v_sp = slot(rows, 0), slot(rows, 3)
         spm_attention = rows[..., 8 * hid:]
-        a_q = _query_block(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
-        v_q = _query_block(m.qtg, q, slot(rows, 6), slot(rows, 7), sel_ok)
+        a_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
+        v_q = query_block_projected(m.qtg, q, slot(rows, 6), slot(rows, 7), sel_ok)
         f = torch.cat([a_q[:, 0], context[:, :hid], masked_mean(a_k, sv),
                        v_q[:, 0], context[:, hid:], masked_mean(v_sp, sv)], dim=-1)
         f = m.fuse(torch.tanh(f))
