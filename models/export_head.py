@@ -150,14 +150,7 @@ def export(model, path):
                           output_names=OUTPUTS, dynamic_axes=dyn, do_constant_folding=True)
     m = onnx.load_from_string(buf.getvalue())
     # the exporter names the constant output dims after internal nodes; state them
-    fixed = {"selected": ["B", model.k], "spm_attention": ["B", model.k, N_TOK]}
-    for o in m.graph.output:
-        for d, v in zip(o.type.tensor_type.shape.dim, fixed.get(o.name, [])):
-            d.Clear()
-            if isinstance(v, str):
-                d.dim_param = v
-            else:
-                d.dim_value = v
+    state_output_dims(m, {"selected": ["B", model.k], "spm_attention": ["B", model.k, N_TOK]})
     m.producer_name, m.doc_string = "tspm-edge models/export_head.py", (
         "TSPM answer head (spec/tspm.md §2), %s. Inputs: audio [B,T,1024], "
         "visual [B,T,1280], patches [B,T,14,1280], question [B,384], prompt [B,384], valid [B,T] "
@@ -169,6 +162,18 @@ def export(model, path):
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)
     return m
+
+
+def state_output_dims(m, fixed):
+    """Sets the dims of the outputs named in `fixed` (name -> [dim_param or dim_value, ...]):
+    the exporter names constant output dims after internal nodes."""
+    for o in m.graph.output:
+        for d, v in zip(o.type.tensor_type.shape.dim, fixed.get(o.name, [])):
+            d.Clear()
+            if isinstance(v, str):
+                d.dim_param = v
+            else:
+                d.dim_value = v
 
 
 def name_output_nodes(m):

@@ -100,14 +100,7 @@ def export_part(module, name, example, path, k):
         torch.onnx.export(module, tuple(example), buf, opset_version=17, input_names=in_names,
                           output_names=out_names, dynamic_axes=dyn, do_constant_folding=True)
     m = onnx.load_from_string(buf.getvalue())
-    fixed = {"selected": ["N", k], "spm_attention": ["N", k, N_TOK]}
-    for o in m.graph.output:
-        for d, v in zip(o.type.tensor_type.shape.dim, fixed.get(o.name, [])):
-            d.Clear()
-            if isinstance(v, str):
-                d.dim_param = v
-            else:
-                d.dim_value = v
+    export_head.state_output_dims(m, {"selected": ["N", k], "spm_attention": ["N", k, N_TOK]})
     m.producer_name = "tspm-edge models/export_head_parts.py"
     m.doc_string = f"TSPM head part '{name}': {spec['doc']}. {export_head.WEIGHTS_DESC}."
     export_head.drop_initializer_identities(m)
