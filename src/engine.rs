@@ -546,8 +546,8 @@ impl Engine {
         self.handle.clone()
     }
 
-    /// Encodes what capture has already delivered, then stops the thread. Call after the
-    /// sources are stopped, so the drain is finite.
+    /// Finishes the segments the encoder thread is working on, drops what is still queued,
+    /// and stops the thread. Call after the sources are stopped.
     pub fn shutdown(mut self, timeout: Duration) -> anyhow::Result<()> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         // A full queue still drains: the request waits its turn.
@@ -713,7 +713,7 @@ impl State {
                 },
                 recv(self.requests) -> request => match request {
                     Ok(Request::Shutdown { reply }) => {
-                        self.drain();
+                        self.stop_encoder();
                         let _ = reply.send(());
                         return;
                     }
@@ -725,10 +725,17 @@ impl State {
         }
     }
 
-    /// Encodes everything capture has queued (at shutdown), then stops the encoder thread.
-    fn drain(&mut self) {
-        while let Ok(item) = self.inputs.captured.try_recv() {
-            self.on_captured(item);
+    /// At shutdown: drops what capture queued and the segments not yet handed to the
+    /// encoder (the window ends with the process, and a slow board would take seconds to
+    /// encode them), lets the encoder finish its jobs in flight, then stops its thread.
+    fn stop_encoder(&mut self) {
+        let mut items = 0usize;
+        while self.inputs.captured.try_recv().is_ok() {
+            items += 1;
+        }
+        let segments = self.waiting.len();
+        while let Some(seg) = self.waiting.pop_front() {
+            self.segmenter.recycle(seg);
         }
         while self.in_flight > 0 {
             match self.encoder.done.recv() {
@@ -737,7 +744,12 @@ impl State {
             }
         }
         self.encoder.stop();
-        tracing::info!(segments = self.segments, "engine drained");
+        tracing::info!(
+            segments = self.segments,
+            dropped_items = items,
+            dropped_segments = segments,
+            "engine stopped"
+        );
     }
 
     /// Moves the segmenter's finished segments to the encoder thread's queue.

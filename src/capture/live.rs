@@ -479,16 +479,91 @@ impl Runner {
             Err(e) => return Ended::Failed(e.to_string()),
         };
         let bus = pipeline.bus().expect("a pipeline has a bus");
-        let ended = if pipeline.set_state(gst::State::Playing).is_err() {
-            Ended::Failed(first_error(&bus).unwrap_or_else(|| "could not start".into()))
-        } else {
-            self.watch(shared, &bus, &ctrl, stop)
+        let ended = match self.start(&pipeline, &bus, stop) {
+            Ok(()) => self.watch(shared, &bus, &ctrl, stop),
+            Err(ended) => ended,
         };
         // A streaming thread waiting in the pacer must be released before NULL, which waits
         // for the streaming threads.
         pacer.close();
         let _ = pipeline.set_state(gst::State::Null);
         ended
+    }
+
+    /// Sets the pipeline PLAYING. A looped source is first prerolled and switched to
+    /// segment-seek mode while PAUSED: at the end of a segment it posts SEGMENT_DONE and a
+    /// non-flushing seek back to 0 goes on without a gap, the running time still rising. The
+    /// one flushing seek that switches the mode on is made before any sample reaches the
+    /// sinks, because in PLAYING it would wait for streaming threads that wait for the
+    /// consumer or for the other stream (`pace.rs`).
+    fn start(
+        &self,
+        pipeline: &gst::Pipeline,
+        bus: &gst::Bus,
+        stop: &Receiver<()>,
+    ) -> Result<(), Ended> {
+        let could_not = |what: &str| {
+            Ended::Failed(first_error(bus).unwrap_or_else(|| format!("could not {what}")))
+        };
+        if self.cfg.restart == Restart::Loop {
+            pipeline
+                .set_state(gst::State::Paused)
+                .map_err(|_| could_not("start"))?;
+            self.wait_prerolled(bus, stop)?;
+            if pipeline
+                .seek_simple(
+                    gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT,
+                    gst::ClockTime::ZERO,
+                )
+                .is_ok()
+            {
+                self.wait_prerolled(bus, stop)?;
+            } else {
+                // Not seekable: it will end and be restarted instead.
+                tracing::debug!(source = %self.cfg.name, "no segment seek");
+            }
+        }
+        pipeline
+            .set_state(gst::State::Playing)
+            .map(|_| ())
+            .map_err(|_| could_not("play"))
+    }
+
+    /// Waits for ASYNC_DONE (the sinks hold their first buffers), watching for a stop, an
+    /// error, or no preroll within the stall timeout.
+    fn wait_prerolled(&self, bus: &gst::Bus, stop: &Receiver<()>) -> Result<(), Ended> {
+        let started = Instant::now();
+        loop {
+            match stop.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                Ok(()) | Err(TryRecvError::Disconnected) => return Err(Ended::Stop),
+            }
+            let poll = gst::ClockTime::from_mseconds(100);
+            if let Some(msg) = bus.timed_pop_filtered(
+                poll,
+                &[
+                    gst::MessageType::AsyncDone,
+                    gst::MessageType::Error,
+                    gst::MessageType::Eos,
+                ],
+            ) {
+                match msg.view() {
+                    gst::MessageView::AsyncDone(_) => return Ok(()),
+                    gst::MessageView::Eos(_) => return Err(Ended::Eos),
+                    gst::MessageView::Error(err) => {
+                        let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+                        return Err(Ended::Failed(format!("`{element}`: {}", err.error())));
+                    }
+                    _ => {}
+                }
+            }
+            if started.elapsed() >= self.cfg.stall_timeout {
+                return Err(Ended::Failed(format!(
+                    "did not preroll within {:.1} s",
+                    self.cfg.stall_timeout.as_secs_f64()
+                )));
+            }
+        }
     }
 
     fn watch(
@@ -505,11 +580,6 @@ impl Runner {
         let mut seen = items();
         let mut last_item = Instant::now();
         let mut playing = false;
-        // A looped file plays in segment-seek mode: at its end the pipeline posts
-        // SEGMENT_DONE and a non-flushing seek back to 0 goes on without a gap, the running
-        // time still rising. (The first, flushing, seek switches the mode on once prerolled.)
-        let looped = self.cfg.restart == Restart::Loop;
-        let mut segment_mode = false;
         loop {
             match stop.try_recv() {
                 Err(TryRecvError::Empty) => {}
@@ -525,27 +595,12 @@ impl Runner {
                     gst::MessageType::Error,
                     gst::MessageType::Eos,
                     gst::MessageType::Warning,
-                    gst::MessageType::AsyncDone,
                     gst::MessageType::SegmentDone,
                 ],
             ) {
                 match msg.view() {
                     gst::MessageView::Eos(_) => return Ended::Eos,
-                    gst::MessageView::AsyncDone(_) if looped && !segment_mode => {
-                        segment_mode = true;
-                        if let Some(pipeline) =
-                            msg.src().and_then(|s| s.downcast_ref::<gst::Pipeline>())
-                            && pipeline
-                                .seek_simple(
-                                    gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT,
-                                    gst::ClockTime::ZERO,
-                                )
-                                .is_err()
-                        {
-                            // Not seekable: it will end and be restarted instead.
-                            tracing::debug!(source = %self.cfg.name, "no segment seek");
-                        }
-                    }
+                    // The end of a looped source's segment (see `start`): back to 0.
                     gst::MessageView::SegmentDone(_) => {
                         if let Some(pipeline) =
                             msg.src().and_then(|s| s.downcast_ref::<gst::Pipeline>())

@@ -96,6 +96,11 @@ impl Pacer {
         self.lock().closing = true;
         self.moved.notify_all();
     }
+
+    /// Whether [`Pacer::close`] was called: a stream waiting for the consumer gives up.
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
@@ -36,6 +37,9 @@ pub(super) struct Pools {
     pub audio: Receiver<Vec<f32>>,
     pub frames: Receiver<Vec<u8>>,
 }
+
+/// How often a stream waiting for room in the consumer's queue checks for a stop.
+const SEND_POLL: Duration = Duration::from_millis(50);
 
 /// Everything a sink callback needs; cloned into each closure.
 #[derive(Debug, Clone)]
@@ -64,7 +68,7 @@ impl SinkCtx {
             .advance(kind, pts.0)
             .map_err(|_| gst::FlowError::Flushing)?;
         match self.mode {
-            Mode::File => self.tx.send(item).map_err(|_| gst::FlowError::Flushing)?,
+            Mode::File => self.send_waiting(item)?,
             Mode::Live => match self.tx.try_send(item) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
@@ -80,12 +84,24 @@ impl SinkCtx {
         Ok(gst::FlowSuccess::Ok)
     }
 
+    /// Waits for room in the consumer's queue, but not past a stop: going to NULL waits for
+    /// this streaming thread, and the consumer may no longer be reading.
+    fn send_waiting(&self, mut item: Captured) -> Result<(), gst::FlowError> {
+        loop {
+            match self.tx.send_timeout(item, SEND_POLL) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(back)) if !self.pacer.is_closing() => item = back,
+                Err(_) => return Err(gst::FlowError::Flushing),
+            }
+        }
+    }
+
     /// The end of one stream. Sent blocking in both modes: it happens once, and the
     /// segmenter needs it to stop waiting for frames.
     fn deliver_end(&self, kind: StreamKind) {
         self.pacer.end(kind);
-        // A send error means the consumer is gone; there is nobody left to tell.
-        let _ = self.tx.send(Captured::StreamEnd(kind));
+        // A send error means the consumer is gone or capture stops; nobody is left to tell.
+        let _ = self.send_waiting(Captured::StreamEnd(kind));
     }
 }
 
@@ -174,4 +190,72 @@ pub(super) fn install_video(sink: &gst_app::AppSink, ctx: SinkCtx) {
             .eos(move |_| eos_ctx.deliver_end(StreamKind::Video))
             .build(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn ctx(mode: Mode, tx: Sender<Captured>) -> SinkCtx {
+        SinkCtx {
+            tx,
+            mode,
+            counters: Arc::default(),
+            pools: Pools {
+                audio: crossbeam_channel::never(),
+                frames: crossbeam_channel::never(),
+            },
+            pacer: Arc::new(Pacer::new(mode)),
+            pts_offset_ns: 0,
+        }
+    }
+
+    fn audio() -> Captured {
+        Captured::Audio {
+            pts: Pts(0),
+            samples: vec![0.0; 4],
+        }
+    }
+
+    #[test]
+    fn a_file_stream_waiting_for_room_gives_up_when_capture_closes() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ctx = ctx(Mode::File, tx);
+        ctx.deliver(StreamKind::Audio, Pts(0), audio()).unwrap();
+        let pacer = Arc::clone(&ctx.pacer);
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            pacer.close();
+        });
+        let started = Instant::now();
+        // The queue stays full: only the close can end the wait.
+        let sent = ctx.deliver(StreamKind::Audio, Pts(1), audio());
+        closer.join().unwrap();
+        assert_eq!(sent, Err(gst::FlowError::Flushing));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(rx.len(), 1, "the first item is still queued");
+    }
+
+    #[test]
+    fn a_file_stream_waits_for_room_and_loses_nothing() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ctx = ctx(Mode::File, tx);
+        ctx.deliver(StreamKind::Audio, Pts(0), audio()).unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(120));
+            (rx.recv().is_ok(), rx.recv().is_ok())
+        });
+        ctx.deliver(StreamKind::Audio, Pts(1), audio()).unwrap();
+        assert_eq!(reader.join().unwrap(), (true, true));
+    }
+
+    #[test]
+    fn a_live_stream_drops_and_counts_when_full() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let ctx = ctx(Mode::Live, tx);
+        ctx.deliver(StreamKind::Audio, Pts(0), audio()).unwrap();
+        ctx.deliver(StreamKind::Audio, Pts(1), audio()).unwrap();
+        assert_eq!(ctx.counters.dropped_audio_chunks.load(Ordering::Relaxed), 1);
+    }
 }

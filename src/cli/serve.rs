@@ -153,13 +153,19 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     if let Some(gpio) = gpio {
         gpio.stop();
     }
+    let api_ms = stopping.elapsed().as_millis() as u64;
+    tracing::debug!(api_ms, "API stopped; stopping sources");
     for source in sources {
         source.stop();
     }
+    let sources_ms = stopping.elapsed().as_millis() as u64 - api_ms;
+    tracing::debug!(sources_ms, "sources stopped; stopping the engine");
     engine.shutdown(Duration::from_secs(10))?;
     systemd::flush(Duration::from_secs(1));
     tracing::info!(
         stop_ms = stopping.elapsed().as_millis() as u64,
+        api_ms,
+        sources_ms,
         "stopped cleanly"
     );
     Ok(())
