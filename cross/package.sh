@@ -83,7 +83,7 @@ check_depends() {
 }
 
 # The models: every manifest*.toml of the model folder (the model layer reads manifest.toml,
-# manifest-head.toml and manifest-head-parts.toml), every file they list and the class,
+# manifest-head.toml, manifest-head-parts.toml and manifest-text-table.toml), every file they list and the class,
 # tokenizer and answer files their entries name. Copied, then the copies are checked against
 # the manifests' sha256: a model folder that is being rebuilt while this runs is caught here,
 # not on a board.
@@ -97,9 +97,12 @@ src = pathlib.Path(sys.argv[1])
 files = []
 for path in sorted(src.glob("manifest*.toml")):
     files.append(path.name)
-    for m in tomllib.loads(path.read_text()).get("model", []):
+    manifest = tomllib.loads(path.read_text())
+    for m in manifest.get("model", []):
         files.append(m["file"])
         files += [m[k] for k in ("classes", "tokenizer", "answers") if k in m]
+    if "text_table" in manifest:
+        files += [manifest["text_table"]["file"], manifest["text_table"]["keys"]]
 missing = [f for f in files if not (src / f).is_file()]
 if missing:
     sys.exit(f"listed in the manifests but missing from {src}: {', '.join(missing)}")
@@ -120,15 +123,23 @@ check_models() {
 import hashlib, pathlib, sys, tomllib
 d = pathlib.Path(sys.argv[1])
 names, fp32 = set(), set()
+def sha256(f):
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 for path in sorted(d.glob("manifest*.toml")):
-    for m in tomllib.loads(path.read_text()).get("model", []):
+    manifest = tomllib.loads(path.read_text())
+    t = manifest.get("text_table")
+    for key, sha in (("file", "sha256"), ("keys", "keys_sha256")) if t else ():
+        if sha256(d / t[key]) != t[sha]:
+            sys.exit(f"{d / t[key]}: sha256 differs from {path.name}")
+    for m in manifest.get("model", []):
         f = d / m["file"]
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != m.get("sha256"):
-            sys.exit(f"{f}: sha256 {h.hexdigest()}, {path.name} says {m.get('sha256')}")
+        digest = sha256(f)
+        if digest != m.get("sha256"):
+            sys.exit(f"{f}: sha256 {digest}, {path.name} says {m.get('sha256')}")
         for k in ("classes", "tokenizer", "answers"):
             if k in m and not (d / m[k]).is_file():
                 sys.exit(f"{d / m[k]} (named by {m['name']} {m['precision']}) is missing")

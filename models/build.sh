@@ -66,6 +66,8 @@ else
 fi
 log "building into $MODEL_DIR"
 "$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
+log "text embedding table (models/export_text_table.py)"
+"$VENV/bin/python" -W ignore "$HERE/export_text_table.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
 # The TSPM head: ONNX fp32 + int8 built from the committed trained weights (models/head/,
 # written by models/train.sh) when present, else the untrained seed head; reads
 # check_inputs.npz from above.

@@ -93,6 +93,32 @@ impl PrecisionChoice {
     }
 }
 
+/// Where question and prompt embeddings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextChoice {
+    /// The table when it was built, else the encoder.
+    Auto,
+    /// The table built with the models (an error if it is missing).
+    Table,
+    /// The MiniLM encoder in tract.
+    Encoder,
+}
+
+impl TextChoice {
+    fn parse(key: &'static str, value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "table" => Ok(Self::Table),
+            "encoder" => Ok(Self::Encoder),
+            _ => Err(ConfigError::Invalid {
+                key,
+                value: format!("{value:?}"),
+                expected: "one of \"auto\", \"table\", \"encoder\"",
+            }),
+        }
+    }
+}
+
 /// Where the models are and how to run them.
 #[derive(Debug, Clone)]
 pub struct ModelsConfig {
@@ -108,6 +134,8 @@ pub struct ModelsConfig {
     pub head_precision: PrecisionChoice,
     /// Minimum int8-vs-fp32 answer agreement for an int8 head to be eligible under `auto`.
     pub int8_min_agreement: f32,
+    /// Where question and prompt embeddings come from.
+    pub text: TextChoice,
 }
 
 /// The live sources of `serve`.
@@ -278,6 +306,7 @@ struct RawModels {
     int8_min_cosine: f64,
     head_precision: String,
     int8_min_agreement: f64,
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,6 +400,7 @@ impl Config {
                 int8_min_cosine: m.int8_min_cosine as f32,
                 head_precision: PrecisionChoice::parse("models.head_precision", &m.head_precision)?,
                 int8_min_agreement: m.int8_min_agreement as f32,
+                text: TextChoice::parse("models.text", &m.text)?,
             }
         };
         let capture = CaptureConfig {

@@ -41,7 +41,7 @@ use crate::model::head::{
     HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax,
 };
 use crate::model::head_parts::HeadParts;
-use crate::model::text::TextEncoder;
+use crate::model::text::TextEmbedder;
 use crate::prompts::Question;
 use crate::pts::Pts;
 use crate::segmenter::{SEGMENT_SAMPLES, Segment, Segmenter, SegmenterConfig, SegmenterStats};
@@ -79,7 +79,7 @@ pub struct Models {
     featurizer: Option<Featurizer>,
     merger: TokenMerger,
     head: HeadParts,
-    text: TextEncoder,
+    text: TextEmbedder,
     answers: Vec<String>,
     info: Vec<ModelInfo>,
 }
@@ -99,7 +99,9 @@ impl Models {
     pub fn load(cfg: &Config) -> anyhow::Result<Self> {
         let featurizer = Featurizer::new(&cfg.models)?;
         let manifest = Manifest::load(&cfg.models.dir)?;
-        let text = TextEncoder::load(&manifest).context("loading the text encoder")?;
+        let text = TextEmbedder::load(&manifest, cfg.models.text)
+            .context("loading the question embeddings (models.text)")?;
+        tracing::info!(text = %text.id(), "question embeddings");
         let head_seconds = cfg.window.seconds.max(SELECTED);
         let (head, head_choice) = HeadParts::load_chosen(
             &manifest,
@@ -135,8 +137,12 @@ impl Models {
             format!("answer head, per window; {}", head_choice.reason),
             format!("answer head, per question; {}", head_choice.reason),
         ];
+        info.push(ModelInfo {
+            id: text.id(),
+            sha256: text.sha256().to_string(),
+            reason: text.reason(),
+        });
         for (entry, reason) in [
-            (text.model().entry(), "text encoder"),
             (second, reasons[0].as_str()),
             (window, reasons[1].as_str()),
             (question, reasons[2].as_str()),

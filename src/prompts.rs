@@ -615,6 +615,35 @@ pub fn templates() -> &'static [Template] {
     &TEMPLATES
 }
 
+/// Every question the templates can ask: each template filled with every combination of its
+/// slots' known values, in template order (the set of texts the text encoder can be asked to
+/// embed; the model build embeds them all into a table, see `models/export_text_table.py`).
+pub fn every_question() -> impl Iterator<Item = Question> {
+    templates().iter().flat_map(|template| {
+        let vocab: Vec<&'static [&'static str]> =
+            template.slots.iter().map(|kind| kind.values()).collect();
+        let count: usize = vocab.iter().map(|v| v.len()).product();
+        (0..count).map(move |mut n| {
+            // The n-th combination, the last slot varying fastest.
+            let mut values = vec![""; vocab.len()];
+            for (slot, known) in vocab.iter().enumerate().rev() {
+                values[slot] = known[n % known.len()];
+                n /= known.len();
+            }
+            Question::build(template, values)
+        })
+    })
+}
+
+/// The distinct texts of [`every_question`] (question texts and prompts), sorted: one line
+/// each in `models/data/question_texts.txt`, which a test keeps equal to this.
+pub fn every_text() -> Vec<String> {
+    let mut texts: Vec<String> = every_question().flat_map(|q| [q.text, q.prompt]).collect();
+    texts.sort_unstable();
+    texts.dedup();
+    texts
+}
+
 /// A question matched to its template: the strings the text encoder embeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Question {
@@ -1160,6 +1189,25 @@ fn placeholder<'v>(template: &Template, values: &[&'v str], name: &str) -> &'v s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The list the model build embeds (models/data/question_texts.txt.gz) is what the
+    /// templates make: regenerate it with
+    /// `tspm-edge prompts --all-texts | gzip -9n > models/data/question_texts.txt.gz`.
+    #[test]
+    fn the_committed_text_list_is_every_text() {
+        use std::io::Read;
+        let gz: &[u8] = include_bytes!("../models/data/question_texts.txt.gz");
+        let mut committed = String::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_string(&mut committed)
+            .unwrap();
+        let expected: String = every_text().iter().map(|t| format!("{t}\n")).collect();
+        assert!(
+            committed == expected,
+            "models/data/question_texts.txt.gz is stale: regenerate it (see this test's doc)"
+        );
+        assert_eq!(every_text().len(), 22_808);
+    }
 
     #[test]
     fn table_is_consistent() {

@@ -202,6 +202,8 @@ fn serve_answers_over_the_socket_and_refuses_bad_requests_with_codes() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert!(ids.iter().any(|id| id.starts_with("yamnet.")), "{ids:?}");
+    // Question embeddings come from the table the model build makes (models.text = auto).
+    assert!(ids.contains(&"text_table.f16"), "{ids:?}");
     // The head runs as three parts: per second, per window, per question.
     for part in ["tspm_second.", "tspm_window.", "tspm_question."] {
         assert!(ids.iter().any(|id| id.starts_with(part)), "{ids:?}");

@@ -13,5 +13,6 @@ mod head;
 mod model;
 mod prompts;
 mod text;
+mod text_table;
 mod token_merge;
 mod window;

@@ -16,7 +16,7 @@ use crate::model::Manifest;
 use crate::model::encoders::{TOKENS, VISUAL_DIM};
 use crate::model::head::{MERGED_TOKENS, SELECTED, TEXT_DIM, answer_vocabulary, softmax};
 use crate::model::head_parts::HeadParts;
-use crate::model::text::TextEncoder;
+use crate::model::text::TextEmbedder;
 use crate::prompts::Question;
 
 /// Arguments of `answer`.
@@ -60,7 +60,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     questions.extend(presets(cfg, &args.preset)?);
     let manifest = Manifest::load(&cfg.models.dir)?;
-    let mut text = TextEncoder::load(&manifest)?;
+    let mut text = TextEmbedder::load(&manifest, cfg.models.text)?;
     let answers = answer_vocabulary(&manifest)?;
 
     let mut featurizer = Featurizer::new(&cfg.models)?;

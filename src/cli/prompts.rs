@@ -17,7 +17,12 @@ pub struct Args {
     /// A JSON array of records with `question_id`, `question_content` (a template with
     /// `<Object>`-style slots) and `templ_values` (a JSON list, or a string holding one), as
     /// in MUSIC-AVQA's files.
-    pub records: PathBuf,
+    #[arg(required_unless_present = "all_texts")]
+    pub records: Option<PathBuf>,
+    /// Instead: print every distinct question text and prompt the templates can make with
+    /// their known slot values, one per line, sorted (`models/data/question_texts.txt`).
+    #[arg(long, conflicts_with = "records")]
+    pub all_texts: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,16 +43,23 @@ struct Prompted<'a> {
 
 /// Runs `prompts`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.records)
-        .with_context(|| format!("reading {}", args.records.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let Some(records) = args.records else {
+        for text in crate::prompts::every_text() {
+            writeln!(out, "{text}")?;
+        }
+        out.flush()?;
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&records)
+        .with_context(|| format!("reading {}", records.display()))?;
     let records: Vec<Record> = serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: expected a JSON array of records with question_id, question_content, \
              templ_values",
-            args.records.display()
+            records.display()
         )
     })?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (i, record) in records.iter().enumerate() {
         let values = list_values(&record.templ_values).with_context(|| {
             format!(

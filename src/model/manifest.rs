@@ -159,12 +159,39 @@ pub struct Manifest {
     pub dir: PathBuf,
     /// Every model file.
     pub models: Vec<ModelEntry>,
+    /// The text embedding table, when it was built.
+    pub text_table: Option<TextTableEntry>,
+}
+
+/// The text embedding table (`manifest-text-table.toml`, written by
+/// `models/export_text_table.py`): the embedding of every question and prompt text.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextTableEntry {
+    /// The rows: `rows × dim` little-endian float16.
+    pub file: String,
+    /// Hex sha256 of `file`.
+    pub sha256: String,
+    /// The texts, one per line, row `i` for line `i`.
+    pub keys: String,
+    /// Hex sha256 of `keys`.
+    pub keys_sha256: String,
+    /// Number of texts.
+    pub rows: usize,
+    /// Embedding width.
+    pub dim: usize,
+    /// Element type of `file`; `f16` is the only one written.
+    pub dtype: String,
+    /// The encoder that made it, e.g. `minilm.fp32`.
+    pub encoder: String,
+    /// Hex sha256 of the encoder's ONNX file.
+    pub encoder_sha256: String,
 }
 
 #[derive(Deserialize)]
 struct RawManifest {
     #[serde(rename = "model", default)]
     models: Vec<ModelEntry>,
+    text_table: Option<TextTableEntry>,
 }
 
 impl Manifest {
@@ -177,8 +204,11 @@ impl Manifest {
     /// The head parts' manifest, written by `models/export_head_parts.py`.
     pub const HEAD_PARTS_FILE_NAME: &'static str = "manifest-head-parts.toml";
 
-    /// Reads `<dir>/manifest.toml`, plus `<dir>/manifest-head.toml` and
-    /// `<dir>/manifest-head-parts.toml` when the head was built.
+    /// The text table's manifest, written by `models/export_text_table.py`.
+    pub const TEXT_TABLE_FILE_NAME: &'static str = "manifest-text-table.toml";
+
+    /// Reads `<dir>/manifest.toml`, plus `<dir>/manifest-head.toml`,
+    /// `<dir>/manifest-head-parts.toml` and `<dir>/manifest-text-table.toml` when built.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| ModelError::ManifestRead {
@@ -188,11 +218,18 @@ impl Manifest {
         };
         let path = dir.join(Self::FILE_NAME);
         let mut manifest = Self::parse(&read(&path)?, dir, &path)?;
-        for name in [Self::HEAD_FILE_NAME, Self::HEAD_PARTS_FILE_NAME] {
+        for name in [
+            Self::HEAD_FILE_NAME,
+            Self::HEAD_PARTS_FILE_NAME,
+            Self::TEXT_TABLE_FILE_NAME,
+        ] {
             let path = dir.join(name);
             if path.is_file() {
                 let more = Self::parse(&read(&path)?, dir, &path)?;
                 manifest.models.extend(more.models);
+                if more.text_table.is_some() {
+                    manifest.text_table = more.text_table;
+                }
             }
         }
         Ok(manifest)
@@ -208,6 +245,7 @@ impl Manifest {
         Ok(Manifest {
             dir: dir.to_path_buf(),
             models: raw.models,
+            text_table: raw.text_table,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod head_parts;
 pub mod manifest;
 pub mod precision;
 pub mod text;
+pub mod text_table;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -135,6 +136,27 @@ pub enum ModelError {
         expected: String,
         /// Given shape.
         actual: Vec<usize>,
+    },
+    /// The text table has no row for a text (a question outside the templates' vocabulary,
+    /// or a table built before the templates changed).
+    #[error(
+        "the text table {path} has no embedding for {text:?} (it holds every question and \
+         prompt the templates make with their known values; rebuild it with `bash \
+         models/build.sh`, or set models.text = \"encoder\")"
+    )]
+    NotInTextTable {
+        /// The table's keys file.
+        path: PathBuf,
+        /// The text.
+        text: String,
+    },
+    /// The text table's files do not match its manifest.
+    #[error("text table {path}: {problem} (rebuild it with `bash models/build.sh`)")]
+    TextTable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the expected form.
+        problem: String,
     },
     /// tract failed while running.
     #[error("model {model}: inference failed")]

@@ -22,7 +22,9 @@
 use std::fmt;
 
 use super::manifest::{Manifest, ModelEntry};
+use super::text_table::TextTable;
 use super::{Input, Model, ModelError};
+use crate::config::TextChoice;
 
 /// Logical name of the text encoder in the manifest.
 pub const TEXT_MODEL: &str = "minilm";
@@ -240,4 +242,71 @@ fn load_tokenizer(
         .map_err(load_err)?
         .with_padding(Some(padding));
     Ok(tokenizer)
+}
+
+/// Where the daemon and `answer` take question and prompt embeddings from: the table the
+/// model build made of every template question ([`TextTable`]), or the encoder.
+#[derive(Debug)]
+pub enum TextEmbedder {
+    /// Looked up in the table; the encoder is not loaded.
+    Table(Box<TextTable>),
+    /// Run through MiniLM in tract.
+    Encoder(Box<TextEncoder>),
+}
+
+impl TextEmbedder {
+    /// Loads what `choice` asks for: `Auto` takes the table when it was built.
+    pub fn load(manifest: &Manifest, choice: TextChoice) -> Result<Self, ModelError> {
+        let table = match choice {
+            TextChoice::Encoder => None,
+            TextChoice::Auto | TextChoice::Table => TextTable::load(manifest)?,
+        };
+        match (table, choice) {
+            (Some(table), _) => Ok(TextEmbedder::Table(Box::new(table))),
+            (None, TextChoice::Table) => Err(ModelError::NotInManifest {
+                dir: manifest.dir.clone(),
+                name: "text_table".into(),
+                precision: "f16".into(),
+            }),
+            (None, _) => Ok(TextEmbedder::Encoder(Box::new(TextEncoder::load(
+                manifest,
+            )?))),
+        }
+    }
+
+    /// Writes the unit-length sentence embedding of `text` into `out` (384 values).
+    pub fn embed(&mut self, text: &str, out: &mut [f32]) -> Result<(), ModelError> {
+        match self {
+            TextEmbedder::Table(table) => table.embed(text, out),
+            TextEmbedder::Encoder(encoder) => encoder.embed(text, out).map(|_| ()),
+        }
+    }
+
+    /// Identifier for logs and status (`text_table.f16`, `minilm.fp32`).
+    pub fn id(&self) -> String {
+        match self {
+            TextEmbedder::Table(table) => table.id(),
+            TextEmbedder::Encoder(encoder) => encoder.model().entry().id(),
+        }
+    }
+
+    /// Hex sha256 of the table's rows or the encoder's ONNX file.
+    pub fn sha256(&self) -> &str {
+        match self {
+            TextEmbedder::Table(table) => &table.entry().sha256,
+            TextEmbedder::Encoder(encoder) => &encoder.model().entry().sha256,
+        }
+    }
+
+    /// Why this one, for status.
+    pub fn reason(&self) -> String {
+        match self {
+            TextEmbedder::Table(table) => format!(
+                "text embeddings: {} template questions and prompts, made by {}",
+                table.len(),
+                table.entry().encoder
+            ),
+            TextEmbedder::Encoder(_) => "text encoder".into(),
+        }
+    }
 }
