@@ -203,6 +203,46 @@ fn head_parts_in_tract_compose_to_the_whole_head() {
 }
 
 #[test]
+fn int8_head_parts_in_tract_give_the_fp32_answers() {
+    // The int8 parts (models/quantize_parts.py) as the daemon runs them: the same answer and
+    // the same selected seconds as the fp32 whole head, logits close (the build's gate is
+    // answer agreement on the held-out test questions; here, the saved cases).
+    let manifest = Manifest::load(&util::model_dir()).unwrap();
+    assert!(
+        manifest.find("tspm_question", "int8").is_some(),
+        "the model build writes the int8 head parts (models/export_head_parts.py)"
+    );
+    for (name, case) in cases() {
+        let mut head = HeadParts::load(&manifest, "int8", case.t).unwrap();
+        let a = &case.arrays;
+        let (audio, visual, patches) = (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
+        let (question, prompt, valid) =
+            (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
+        let out = head
+            .run(&HeadInputs {
+                audio: &audio,
+                visual: &visual,
+                patches: &patches,
+                question: &question,
+                prompt: &prompt,
+                valid: &valid,
+            })
+            .unwrap();
+        let want = flat(&a["logits"]);
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map(|(i, _)| i)
+        };
+        assert_eq!(argmax(&out.logits), argmax(&want), "{name}: answer");
+        let cos = tspm_edge::model::check::cosine(&out.logits, &want);
+        assert!(cos >= 0.999, "{name}: logits cosine {cos}");
+        assert_eq!(out.selected, case.selected, "{name}: selected seconds");
+    }
+}
+
+#[test]
 fn head_parts_check_their_inputs() {
     let manifest = Manifest::load(&util::model_dir()).unwrap();
     let err = HeadParts::load(&manifest, "fp32", 9)
