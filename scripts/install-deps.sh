@@ -9,6 +9,7 @@ PACKAGES=(
   python3-torch python3-venv python3-numpy python3-pil
   espeak-ng sox fluidsynth fluid-soundfont-gm
   systemd libasound2-dev libclang-dev
+  python3-gi gir1.2-gst-rtsp-server-1.0  # the tests' RTSP server (tests/fixtures/rtsp_server.py)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -402,6 +402,87 @@ fn serve_loops_a_media_file() {
     d.terminate();
 }
 
+/// `tests/fixtures/rtsp_server.py` on a free port; killed on drop.
+struct RtspServer {
+    child: Child,
+    url: String,
+}
+
+impl RtspServer {
+    fn start(port: u16) -> RtspServer {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rtsp_server.py");
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "the RTSP server did not start (needs python3-gi and gir1.2-gst-rtsp-server-1.0)"
+        );
+        RtspServer {
+            child,
+            url: format!("rtsp://127.0.0.1:{port}/test"),
+        }
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_rtsp_stream_plays_is_lost_and_comes_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = RtspServer::start(port);
+    let extra = format!(
+        "{WINDOW_10}[capture]\nmedia = {:?}\nreconnect_max_s = 1.0\n",
+        server.url
+    );
+    let d = Daemon::start(&extra, &[]);
+    let s = d.wait_for(40, "segments from the RTSP stream", |s| {
+        source(s, "media")["state"] == "playing" && s["segments"].as_u64() >= Some(3)
+    });
+    assert_eq!(source(&s, "media")["reconnects"], 0, "{s:#}");
+    let a = d.call(json!({"op": "ask", "preset": "count"}));
+    assert_eq!(a["ok"], true, "{a}");
+
+    // The camera goes away: the source reconnects with backoff, the daemon keeps answering.
+    drop(server);
+    let s = d.wait_for(30, "the lost stream to be noticed", |s| {
+        source(s, "media")["state"] == "reconnecting"
+    });
+    assert!(source(&s, "media")["last_error"].is_string(), "{s:#}");
+    let a = d.call(json!({"op": "ask", "preset": "count"}));
+    assert_eq!(a["ok"], true, "{a}");
+
+    // And comes back on the same address: capture goes on.
+    let before = d.status()["segments"].as_u64().unwrap();
+    let _server = RtspServer::start(port);
+    let s = d.wait_for(40, "the stream to come back", |s| {
+        source(s, "media")["state"] == "playing" && s["segments"].as_u64() >= Some(before + 3)
+    });
+    assert!(
+        source(&s, "media")["reconnects"].as_u64() >= Some(1),
+        "{s:#}"
+    );
+    d.terminate();
+}
+
 #[test]
 fn memory_stays_flat_over_many_windows_of_accelerated_segments() {
     let extra = format!(
