@@ -48,6 +48,11 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         tracing::info!(model = %m.id, sha256 = %&m.sha256[..12.min(m.sha256.len())], reason = %m.reason, "model");
     }
     crate::memory::trim();
+    let released = crate::memory::release_startup_pages();
+    tracing::debug!(
+        mb = released as f64 / 1e6,
+        "asked the kernel to reclaim start-up code pages"
+    );
     let clock = LiveClock::start();
     let (tx, rx) = crossbeam_channel::bounded(CAPTURE_QUEUE);
     let sources = start_sources(cfg, &args, clock, &tx)?;
