@@ -410,6 +410,34 @@ def weights_per_column(path, fp32_path, nodes):
     onnx.save(m, path)
 
 
+def calib_windows(feats):
+    """The 24 windows of real features the int8 head (and its parts) are calibrated on."""
+    rng = np.random.default_rng(123)
+    out = []
+    for j in range(24):
+        t = 60
+        valid = np.ones((1, t), np.float32)
+        if j % 3 == 1:
+            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
+            valid[0, :10] = 1
+        out.append(feats.make(rng, 1, t, valid))
+    return out
+
+
+def eval_windows(feats):
+    """The 64 check windows the int8 head (and its parts) are scored on against fp32."""
+    rng = np.random.default_rng(456)
+    out = []
+    for j in range(64):
+        t = int(rng.choice([10, 30, 60]))
+        valid = np.ones((1, t), np.float32)
+        if j % 2:
+            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
+            valid[0, rng.choice(t, size=min(t, 10), replace=False)] = 1
+        out.append(feats.make(rng, 1, t, valid))
+    return out
+
+
 def build_int8(fp32_path, out_path, feats, report):
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -432,24 +460,8 @@ def build_int8(fp32_path, out_path, feats, report):
         def rewind(self):
             self.i = 0
 
-    rng = np.random.default_rng(123)
-    calib = []
-    for j in range(24):
-        t = 60
-        valid = np.ones((1, t), np.float32)
-        if j % 3 == 1:
-            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
-            valid[0, :10] = 1
-        calib.append(feats.make(rng, 1, t, valid))
-    rng = np.random.default_rng(456)
-    evals = []
-    for j in range(64):
-        t = int(rng.choice([10, 30, 60]))
-        valid = np.ones((1, t), np.float32)
-        if j % 2:
-            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
-            valid[0, rng.choice(t, size=min(t, 10), replace=False)] = 1
-        evals.append(feats.make(rng, 1, t, valid))
+    calib = calib_windows(feats)
+    evals = eval_windows(feats)
     s32 = session(fp32_path)
     ref = [s32.run(None, x) for x in evals]
 

@@ -234,7 +234,7 @@ def build_int8_parts(args, model, feats, sessions, whole):
     log(f"int8 recipe (the whole head's): {len(int8_layers)} Linear layers int8, per-column "
         f"weights in {sorted(per_col)}; float: the selection path "
         f"({', '.join(export_head.TPM_PATH)}) and the layers the whole head has as Gemm")
-    calib = qp.part_calibration(sessions, qp.calib_windows(feats))
+    calib = qp.part_calibration(sessions, export_head.calib_windows(feats))
     log(f"int8 calibration: {len(calib['tspm_second'])} windows of real features "
         f"({feats.source}), {sum(len(c['audio']) for c in calib['tspm_second'])} valid seconds, "
         "through the fp32 parts")
@@ -274,7 +274,7 @@ def build_int8_parts(args, model, feats, sessions, whole):
         f"{max(r['logits_maxabs'] for r in rows):.3f}{'' if ok else '  <-- FAIL'}")
 
     # build_int8's 64 check windows of real features: vs the fp32 parts and the fp32 whole head.
-    windows = qp.eval_windows(feats)
+    windows = export_head.eval_windows(feats)
     r32 = [run_parts(sessions, x) for x in windows]
     r8 = [run_parts(s8, x) for x in windows]
     cat = lambda rs, i: np.concatenate([r[i] for r in rs])  # noqa: E731

@@ -27,7 +27,6 @@ A second run with the inputs unchanged only re-checks the files' hashes.
 
 import argparse
 import gzip
-import hashlib
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import export_text as T  # noqa: E402
+from build import sha256  # noqa: E402
 from realdata import log  # noqa: E402
 
 TEXTS = os.path.join(HERE, "data", "question_texts.txt.gz")
@@ -47,14 +47,6 @@ BATCH = 128
 REFERENCE_SAMPLE = 200
 MIN_COSINE_F16 = 0.99999
 MIN_COSINE_REFERENCE = 0.9999
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_texts():

@@ -191,34 +191,6 @@ def quantize_part(fp32_path, out_path, weights, int8_layers, per_col_layers, cal
 # ---------------------------------------------------------------------------------------------
 # inputs
 
-def calib_windows(feats):
-    """The 24 windows build_int8 calibrates the whole head on (same generator, same draws)."""
-    rng = np.random.default_rng(123)
-    out = []
-    for j in range(24):
-        t = 60
-        valid = np.ones((1, t), np.float32)
-        if j % 3 == 1:
-            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
-            valid[0, :10] = 1
-        out.append(feats.make(rng, 1, t, valid))
-    return out
-
-
-def eval_windows(feats):
-    """The 64 check cases build_int8 scores the whole head's int8 on (same draws)."""
-    rng = np.random.default_rng(456)
-    out = []
-    for j in range(64):
-        t = int(rng.choice([10, 30, 60]))
-        valid = np.ones((1, t), np.float32)
-        if j % 2:
-            valid = (rng.random((1, t)) > 0.3).astype(np.float32)
-            valid[0, rng.choice(t, size=min(t, 10), replace=False)] = 1
-        out.append(feats.make(rng, 1, t, valid))
-    return out
-
-
 def part_calibration(sessions, windows):
     """{part: [feed, ...]}: what each part gets at runtime, from the fp32 parts before it."""
     out = {"tspm_second": [], "tspm_window": [], "tspm_question": []}

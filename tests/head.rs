@@ -57,6 +57,21 @@ fn cases() -> Vec<(String, Case)> {
     out
 }
 
+/// Calls `f` with the case's saved inputs as the head takes them.
+fn with_inputs<R>(case: &Case, f: impl FnOnce(&HeadInputs) -> R) -> R {
+    let a = &case.arrays;
+    let (audio, visual, patches) = (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
+    let (question, prompt, valid) = (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
+    f(&HeadInputs {
+        audio: &audio,
+        visual: &visual,
+        patches: &patches,
+        question: &question,
+        prompt: &prompt,
+        valid: &valid,
+    })
+}
+
 fn flat(a: &ArrayD<f32>) -> Vec<f32> {
     a.iter().copied().collect()
 }
@@ -79,20 +94,7 @@ fn head_in_tract_matches_onnxruntime() {
             }
             let mut head = Head::load(&manifest, precision, case.t).unwrap();
             let a = &case.arrays;
-            let (audio, visual, patches) =
-                (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
-            let (question, prompt, valid) =
-                (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
-            let out = head
-                .run(&HeadInputs {
-                    audio: &audio,
-                    visual: &visual,
-                    patches: &patches,
-                    question: &question,
-                    prompt: &prompt,
-                    valid: &valid,
-                })
-                .unwrap();
+            let out = with_inputs(&case, |x| head.run(x)).unwrap();
             let p = if precision == "int8" { "int8_" } else { "" };
             let tol = if precision == "int8" { 1e-3 } else { 1e-4 };
             let d = max_abs(&out.logits, &a[&format!("{p}logits")]);
@@ -116,6 +118,7 @@ fn head_in_tract_matches_onnxruntime() {
             assert_eq!(&out.selected, want, "{name} {precision}: selected seconds");
             // The real picks (min(k, valid seconds)) are valid and in time order; padding
             // slots repeat the first pick.
+            let valid = flat(&a["valid"]);
             let n = valid.iter().filter(|&&v| v > 0.5).count().min(10);
             let (real, pad) = out.selected.split_at(n);
             assert!(
@@ -179,19 +182,7 @@ fn head_parts_in_tract_compose_to_the_whole_head() {
     for (name, case) in cases() {
         let mut head = HeadParts::load(&manifest, "fp32", case.t).unwrap();
         let a = &case.arrays;
-        let (audio, visual, patches) = (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
-        let (question, prompt, valid) =
-            (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
-        let out = head
-            .run(&HeadInputs {
-                audio: &audio,
-                visual: &visual,
-                patches: &patches,
-                question: &question,
-                prompt: &prompt,
-                valid: &valid,
-            })
-            .unwrap();
+        let out = with_inputs(&case, |x| head.run(x)).unwrap();
         let d = max_abs(&out.logits, &a["logits"]);
         assert!(d <= 1e-4, "{name}: logits max abs {d}");
         let d = max_abs(&out.temporal_weights, &a["temporal_weights"]);
@@ -215,19 +206,7 @@ fn int8_head_parts_in_tract_give_the_fp32_answers() {
     for (name, case) in cases() {
         let mut head = HeadParts::load(&manifest, "int8", case.t).unwrap();
         let a = &case.arrays;
-        let (audio, visual, patches) = (flat(&a["audio"]), flat(&a["visual"]), flat(&a["patches"]));
-        let (question, prompt, valid) =
-            (flat(&a["question"]), flat(&a["prompt"]), flat(&a["valid"]));
-        let out = head
-            .run(&HeadInputs {
-                audio: &audio,
-                visual: &visual,
-                patches: &patches,
-                question: &question,
-                prompt: &prompt,
-                valid: &valid,
-            })
-            .unwrap();
+        let out = with_inputs(&case, |x| head.run(x)).unwrap();
         let want = flat(&a["logits"]);
         let argmax = |v: &[f32]| {
             v.iter()
