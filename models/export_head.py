@@ -329,20 +329,25 @@ def check_fp32(model, path, feats, report):
     return ok
 
 
+def time_ms(fn, runs, warmup=5):
+    """(median, min) wall-clock ms of `runs` calls of `fn` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts)), float(np.min(ts))
+
+
 def timings(model, path, feats, runs, report, int8_path=None):
     torch.set_num_threads(1)
     x = feats.make(np.random.default_rng(5), 1, 60)
     args = [torch.from_numpy(x[n]) for n in INPUTS]
 
     def med(fn):
-        for _ in range(5):
-            fn()
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(ts)), float(np.min(ts))
+        return time_ms(fn, runs)
 
     with torch.inference_mode():
         pt = med(lambda: model(*args))

@@ -210,14 +210,7 @@ def write_manifest(model_dir, the_stamp, n_answers, worst, int8=None):
 
 def med(fn, runs=30):
     """Median ms of `runs` calls after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
+    return export_head.time_ms(fn, runs, warmup=3)[0]
 
 
 def build_int8_parts(args, model, feats, sessions, whole):

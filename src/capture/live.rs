@@ -551,8 +551,7 @@ impl Runner {
                     gst::MessageView::AsyncDone(_) => return Ok(()),
                     gst::MessageView::Eos(_) => return Err(Ended::Eos),
                     gst::MessageView::Error(err) => {
-                        let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
-                        return Err(Ended::Failed(format!("`{element}`: {}", err.error())));
+                        return Err(Ended::Failed(describe_error(&msg, err)));
                     }
                     _ => {}
                 }
@@ -616,8 +615,7 @@ impl Runner {
                         }
                     }
                     gst::MessageView::Error(err) => {
-                        let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
-                        return Ended::Failed(format!("`{element}`: {}", err.error()));
+                        return Ended::Failed(describe_error(&msg, err));
                     }
                     gst::MessageView::Warning(w) => {
                         tracing::warn!(source = %self.cfg.name, warning = %w.error(), "capture");
@@ -648,11 +646,16 @@ impl Runner {
 fn first_error(bus: &gst::Bus) -> Option<String> {
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
         if let gst::MessageView::Error(err) = msg.view() {
-            let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
-            return Some(format!("`{element}`: {}", err.error()));
+            return Some(describe_error(&msg, err));
         }
     }
     None
+}
+
+/// An error message as status shows it: the element that posted it, then GStreamer's text.
+fn describe_error(msg: &gst::Message, err: &gst::message::Error) -> String {
+    let element = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+    format!("`{element}`: {}", err.error())
 }
 
 #[cfg(test)]
