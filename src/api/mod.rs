@@ -134,8 +134,8 @@ impl Server {
 
     fn shutdown(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() with a connection of our own.
-        let _ = UnixStream::connect(&self.path);
+        // The accept thread polls the flag at least every ACCEPT_POLL: no connection of our
+        // own is needed to wake it (one could block on a full backlog).
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
@@ -176,19 +176,52 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("binding the API socket {}", path.display()))
 }
 
+/// How long the accept thread waits for a connection before it looks at the stop flag again.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until `listener` has a connection to accept (`Ok(true)`) or `ACCEPT_POLL` passed.
+fn wait_readable(listener: &UnixListener) -> std::io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(ACCEPT_POLL).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
+    // Non-blocking, so a connection that went away between poll() and accept() cannot
+    // leave the thread blocked where it never sees the stop flag.
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::warn!(error = %e, "could not make the API socket non-blocking");
+    }
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match wait_readable(listener) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for API connections failed");
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
         }
-        let mut stream = match stream {
-            Ok(s) => s,
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
+        // Connections block (with their own timeouts); only the listener polls.
+        if let Err(e) = stream.set_nonblocking(false) {
+            tracing::warn!(error = %e, "could not make an API connection blocking");
+            continue;
+        }
         let _ = stream.set_write_timeout(Some(shared.cfg.write_timeout));
         let id = None;
         if shared.clients.load(Ordering::SeqCst) >= shared.cfg.max_clients {

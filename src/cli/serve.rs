@@ -39,6 +39,13 @@ const SOURCES_WAIT: Duration = Duration::from_secs(3);
 /// Runs the daemon until a signal (or `--duration-s`).
 pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Before any thread starts: fewer malloc arenas, less memory held in freed chunks.
+    if crate::memory::limit_arenas(crate::memory::SERVE_MALLOC_ARENAS) {
+        tracing::debug!(
+            arenas = crate::memory::SERVE_MALLOC_ARENAS,
+            "malloc arenas capped"
+        );
+    }
     // Registered first: a SIGTERM during start-up is handled once the daemon is up.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing the SIGTERM/SIGINT handlers")?;
@@ -154,19 +161,24 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
 
     systemd::stopping();
     let stopping = Instant::now();
+    let progress = StopProgress::start("the API");
     server.stop();
     if let Some(gpio) = gpio {
         gpio.stop();
     }
     let api_ms = stopping.elapsed().as_millis() as u64;
     tracing::debug!(api_ms, "API stopped; stopping sources");
+    progress.stage("the sources");
     for source in sources {
         source.stop();
     }
     let sources_ms = stopping.elapsed().as_millis() as u64 - api_ms;
     tracing::debug!(sources_ms, "sources stopped; stopping the engine");
+    progress.stage("the engine");
     engine.shutdown(Duration::from_secs(10))?;
+    progress.stage("the systemd notifier");
     systemd::flush(Duration::from_secs(1));
+    progress.done();
     tracing::info!(
         stop_ms = stopping.elapsed().as_millis() as u64,
         api_ms,
@@ -174,6 +186,58 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// Names the part of a stop that is taking long: every `STOP_REPORT` until the stop is done,
+/// a warning says what it still waits for (systemd kills the service after `TimeoutStopSec=`;
+/// the log then says where it hung).
+struct StopProgress {
+    stage: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    done: crossbeam_channel::Sender<()>,
+}
+
+const STOP_REPORT: Duration = Duration::from_secs(5);
+
+impl StopProgress {
+    fn start(stage: &'static str) -> StopProgress {
+        let current = std::sync::Arc::new(std::sync::Mutex::new(stage));
+        let (done, finished) = crossbeam_channel::bounded::<()>(1);
+        let watched = std::sync::Arc::clone(&current);
+        let started = Instant::now();
+        let spawned = std::thread::Builder::new()
+            .name("stop-progress".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(STOP_REPORT)
+                {
+                    let stage = *watched
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    tracing::warn!(
+                        waiting_s = started.elapsed().as_secs(),
+                        "still stopping: waiting for {stage}"
+                    );
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no stop-progress thread");
+        }
+        StopProgress {
+            stage: current,
+            done,
+        }
+    }
+
+    fn stage(&self, stage: &'static str) {
+        *self
+            .stage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
+    }
+
+    fn done(self) {
+        let _ = self.done.send(());
+    }
 }
 
 fn start_sources(
