@@ -45,7 +45,16 @@ pub struct Args {
     /// Time only the model variants whose id (e.g. `yamnet.fp32`) contains this text.
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
-    /// tract model transform to apply before optimisation (repeatable), e.g. `conv_nhwc`.
+    /// Run one stage only, for instruction counts under qemu (`cross/icount.sh`): load what
+    /// it needs, run it once to warm up and then `--runs` times, print its time, nothing else
+    /// (no other model, no onnxruntime, no `auto` precision timing). STAGE is `logmel`,
+    /// `image_prep`, `token_merge` or a model variant id: `yamnet.fp32`, `yamnet.int8`,
+    /// `efficientnet_lite0.fp32|int8`, `tspm_second.fp32|int8` (per second),
+    /// `tspm_window.fp32|int8` (per window version), `tspm_question.fp32|int8` (per question).
+    #[arg(long, value_name = "STAGE", conflicts_with = "only")]
+    pub stage: Option<String>,
+    /// tract model transform to apply before optimisation (repeatable), besides the default
+    /// ones (`conv_nhwc`); `-NAME` leaves a default out, e.g. `--transform=-conv_nhwc`.
     #[arg(long = "transform", value_name = "NAME")]
     pub transforms: Vec<String>,
     /// Also profile each timed model node by node with tract's profiler and print the
@@ -115,29 +124,15 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::
 pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let dir = &cfg.models.dir;
     let manifest = Manifest::load(dir)?;
+    if let Some(stage) = &args.stage {
+        return run_stage(cfg, &manifest, stage, &args);
+    }
     let mut featurizer = Featurizer::new(&cfg.models)?;
     let mut features = SegmentFeatures::default();
 
-    // One second of a chord with noise: log-mel cost does not depend on the content.
-    let pcm: Vec<f32> = (0..16_000)
-        .map(|i| {
-            let t = i as f32 / 16_000.0;
-            0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
-                + 0.2 * (2.0 * std::f32::consts::PI * 659.3 * t).sin()
-                + 0.05 * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        })
-        .collect();
+    let pcm = bench_pcm();
     let (w, h) = args.frame;
-    let stride = (w as usize * 3).next_multiple_of(4);
-    let frame = Frame {
-        pts: crate::pts::Pts(0),
-        width_px: w,
-        height_px: h,
-        stride_bytes: stride,
-        data: (0..stride * h as usize)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect(),
-    };
+    let frame = bench_frame(args.frame);
 
     if args.cpu_time {
         if thread_cpu_ns().is_none() {
@@ -170,18 +165,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         }
         let mut model = Model::load_with(&manifest, entry, batch, &args.transforms)
             .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
-        let spec = &entry.inputs[0];
-        let shape: Vec<usize> = spec
-            .shape
-            .iter()
-            .map(|d| match d {
-                crate::model::Dim::Fixed(n) => *n,
-                crate::model::Dim::Symbol(_) => batch,
-            })
-            .collect();
-        let input: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
-            .collect();
+        let (shape, input) = encoder_input(entry, batch);
         let runs = if entry.precision == "int8" {
             args.runs.min(5)
         } else {
@@ -303,6 +287,158 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// One second of a chord with noise: log-mel cost does not depend on the content.
+fn bench_pcm() -> Vec<f32> {
+    (0..16_000)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                + 0.2 * (2.0 * std::f32::consts::PI * 659.3 * t).sin()
+                + 0.05 * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        })
+        .collect()
+}
+
+/// A packed RGB frame of `(width, height)` with a fixed pattern.
+fn bench_frame((w, h): (u32, u32)) -> Frame {
+    let stride = (w as usize * 3).next_multiple_of(4);
+    Frame {
+        pts: crate::pts::Pts(0),
+        width_px: w,
+        height_px: h,
+        stride_bytes: stride,
+        data: (0..stride * h as usize)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect(),
+    }
+}
+
+/// The shape (symbolic batch axis set to `batch`) and a fixed pattern for an encoder's input.
+fn encoder_input(entry: &crate::model::ModelEntry, batch: usize) -> (Vec<usize>, Vec<f32>) {
+    let shape: Vec<usize> = entry.inputs[0]
+        .shape
+        .iter()
+        .map(|d| match d {
+            crate::model::Dim::Fixed(n) => *n,
+            crate::model::Dim::Symbol(_) => batch,
+        })
+        .collect();
+    let input = (0..shape.iter().product::<usize>())
+        .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+        .collect();
+    (shape, input)
+}
+
+/// `bench --stage STAGE`: loads only what STAGE needs, then one warm-up run and `args.runs`
+/// runs of it (`median_ms`), so that a count over the whole process taken with two values
+/// of `--runs` differs by exactly that many runs of the stage (`cross/icount.sh`).
+fn run_stage(cfg: &Config, manifest: &Manifest, stage: &str, args: &Args) -> anyhow::Result<()> {
+    use crate::dsp::{ImagePrep, ImagePrepConfig, MelFrontend, N_MELS, PATCH_FRAMES};
+    use crate::model::encoders::{AUDIO_MODEL, TOKENS, VISUAL_DIM, VISUAL_MODEL};
+    use crate::model::head::{MERGED_TOKENS, SELECTED, SyntheticWindow};
+    use crate::model::head_parts::{HeadParts, QUESTION_PART, SECOND_PART, WINDOW_PART};
+
+    const STAGES: &str = "logmel, image_prep, token_merge, yamnet.<p>, efficientnet_lite0.<p>, \
+                          tspm_second.<p>, tspm_window.<p>, tspm_question.<p> (p = fp32 or int8)";
+    let runs = args.runs;
+    let visual_fp32 = || {
+        manifest
+            .find(VISUAL_MODEL, "fp32")
+            .with_context(|| format!("no {VISUAL_MODEL}.fp32 in {}", manifest.dir.display()))
+    };
+    let (name, precision) = stage.split_once('.').unwrap_or((stage, ""));
+    let ms = match (name, precision) {
+        ("logmel", "") => {
+            let pcm = bench_pcm();
+            let mut mel = MelFrontend::new();
+            let mut out = vec![0.0f32; PATCH_FRAMES * N_MELS];
+            median_ms(runs, || Ok(mel.process(&pcm[..15_600], &mut out)?))?
+        }
+        ("image_prep", "") => {
+            let pre = visual_fp32()?
+                .preprocess
+                .clone()
+                .context("the visual model's manifest entry has no [model.preprocess]")?;
+            let mut prep = ImagePrep::new(ImagePrepConfig {
+                size: pre.size,
+                mean: pre.mean,
+                std: pre.std,
+            })?;
+            let frame = bench_frame(args.frame);
+            let mut out = vec![0.0f32; 3 * pre.size * pre.size];
+            median_ms(runs, || {
+                Ok(prep.process(
+                    &frame.data,
+                    frame.width_px as usize,
+                    frame.height_px as usize,
+                    frame.stride_bytes,
+                    &mut out,
+                )?)
+            })?
+        }
+        ("token_merge", "") => {
+            // A real EfficientNet-Lite0 grid (fp32, on the fixed input pattern), run once.
+            let entry = visual_fp32()?;
+            let mut model = Model::load(manifest, entry, 1)?;
+            let (shape, input) = encoder_input(entry, 1);
+            model.run(&[(&shape, &input)])?;
+            let tokens = model.output_by_name("tokens")?.to_vec();
+            let mut merger = crate::dsp::TokenMerger::new(TOKENS, VISUAL_DIM, MERGED_TOKENS)?;
+            let mut merged = crate::dsp::MergedTokens::new(MERGED_TOKENS, VISUAL_DIM);
+            median_ms(runs, || Ok(merger.merge(&tokens, &mut merged)?))?
+        }
+        (AUDIO_MODEL | VISUAL_MODEL, "fp32" | "int8") => {
+            let entry = manifest
+                .find(name, precision)
+                .with_context(|| format!("no {stage} in {}", manifest.dir.display()))?;
+            let mut model = Model::load_with(manifest, entry, 1, &args.transforms)
+                .with_context(|| format!("loading {stage} for the benchmark"))?;
+            let (shape, input) = encoder_input(entry, 1);
+            median_ms(runs, || Ok(model.run(&[(&shape, &input)])?))?
+        }
+        (SECOND_PART | WINDOW_PART | QUESTION_PART, "fp32" | "int8") => {
+            // As `question_side`: a synthetic window of the configured length, every row
+            // made by the per-second part.
+            let seconds = cfg.window.seconds.max(SELECTED);
+            let window = SyntheticWindow::new(seconds);
+            let x = window.inputs();
+            let mut h = HeadParts::load(manifest, precision, seconds)
+                .with_context(|| format!("loading the head parts ({precision})"))?;
+            let n = h.row_len();
+            let patch = MERGED_TOKENS * VISUAL_DIM;
+            let mut rows = vec![0.0f32; seconds * n];
+            let second = |h: &mut HeadParts, t: usize, row: &mut [f32]| {
+                h.second(
+                    &x.audio[t * 1024..(t + 1) * 1024],
+                    &x.visual[t * VISUAL_DIM..(t + 1) * VISUAL_DIM],
+                    &x.patches[t * patch..(t + 1) * patch],
+                    row,
+                )
+            };
+            if name == SECOND_PART {
+                median_ms(runs, || Ok(second(&mut h, 0, &mut rows[..n])?))?
+            } else {
+                for (t, row) in rows.chunks_mut(n).enumerate() {
+                    second(&mut h, t, row)?;
+                }
+                let mut context = vec![0.0f32; h.context_len()];
+                if name == WINDOW_PART {
+                    median_ms(runs, || Ok(h.context(&rows, x.valid, &mut context)?))?
+                } else {
+                    h.context(&rows, x.valid, &mut context)?;
+                    median_ms(runs, || {
+                        h.question(&rows, x.valid, &context, x.question, x.prompt)?;
+                        Ok(())
+                    })?
+                }
+            }
+        }
+        _ => anyhow::bail!("--stage {stage:?}: expected one of {STAGES}"),
+    };
+    println!("stage {stage}: {ms:.3} ms (1 warm-up + {runs} runs, single thread)");
     Ok(())
 }
 
