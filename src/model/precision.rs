@@ -151,7 +151,12 @@ fn cached_or_measured(
     let path = cache_path(&manifest.dir);
     let mut cache = read_cache(&path);
     let cpu = cpu_id();
-    let tract = tract::version().to_string();
+    // The plan form is part of what was timed: a change of default transforms re-times.
+    let tract = format!(
+        "{} {}",
+        tract::version(),
+        super::DEFAULT_TRANSFORMS.join("+")
+    );
     if let Some(v) = cache.get(key)
         && v.cpu == cpu
         && v.tract == tract
