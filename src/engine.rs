@@ -386,6 +386,20 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// A handle whose engine never answers (requests queue up to `capacity`): for tests of
+    /// the threads that talk to the engine.
+    /// Requests stay queued while the returned guard lives.
+    #[cfg(test)]
+    pub(crate) fn unanswered(capacity: usize) -> (EngineHandle, impl Sized) {
+        let (requests, rx) = crossbeam_channel::bounded::<Request>(capacity);
+        let handle = EngineHandle {
+            requests,
+            signals: Arc::default(),
+            presets: Arc::default(),
+        };
+        (handle, rx)
+    }
+
     fn send(&self, request: Request) -> Result<(), AskError> {
         match self.requests.try_send(request) {
             Ok(()) => Ok(()),

@@ -486,3 +486,64 @@ fn subscribe(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn config(dir: &Path) -> ApiConfig {
+        ApiConfig {
+            socket: dir.join("api.sock"),
+            group: None,
+            max_clients: 2,
+            max_request_bytes: 1024,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn stop_returns_with_silent_clients_and_unaccepted_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _requests) = EngineHandle::unanswered(4);
+        let server = Server::start(&config(dir.path()), engine, Duration::from_secs(5)).unwrap();
+        let path = server.path().to_path_buf();
+        // Two clients that connect and never send (max_clients), then more that are refused
+        // or wait in the backlog.
+        let silent: Vec<UnixStream> = (0..6)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        server.stop();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "stop took {:?}",
+            started.elapsed()
+        );
+        assert!(!path.exists(), "the socket file is removed");
+        assert!(
+            UnixStream::connect(&path).is_err(),
+            "nobody listens any more"
+        );
+        drop(silent);
+    }
+
+    #[test]
+    fn a_connection_is_served_after_the_listener_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _requests) = EngineHandle::unanswered(4);
+        let server = Server::start(&config(dir.path()), engine, Duration::from_secs(5)).unwrap();
+        // The accept thread sleeps in poll(); a request must still be read and answered
+        // (here: a malformed one, which needs no engine).
+        std::thread::sleep(Duration::from_millis(250));
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"{not json\n").unwrap();
+        let mut reply = String::new();
+        BufReader::new(&s).read_line(&mut reply).unwrap();
+        assert!(reply.contains("bad_request"), "{reply}");
+        server.stop();
+    }
+}
