@@ -60,6 +60,11 @@ for arch in "${arches[@]}"; do
       mkdir -p "$dist"
       "$GNU-strip" -o "$dist/tspm-edge" "$bin"
       say "stripped: $dist/tspm-edge ($(stat -c %s "$dist/tspm-edge") bytes)"
+      if [ "$board" != generic ]; then
+        read -r audio visual head <<<"$(board_precision "$arch" "$board")"
+        say "board $board's precision (cross/README.md, \"Precision on the boards\"): [models]" \
+          "audio_precision = \"$audio\", visual_precision = \"$visual\", head_precision = \"$head\""
+      fi
     fi
     if [ $tests = 1 ]; then
       start=$SECONDS

@@ -156,9 +156,11 @@ PY
 }
 
 # The configuration the package installs as a conffile: the built-in default with the
-# package's paths, under a header that says what it is.
+# package's paths and the architecture's precisions (cross/lib.sh, board_precision: one
+# package serves every board of the architecture), under a header that says what it is.
 stage_config() {
-  local out=$STAGE/tspm-edge.toml
+  local out=$STAGE/tspm-edge.toml audio visual head
+  read -r audio visual head <<<"$(board_precision "$ARCH_NAME" generic)"
   {
     cat <<'EOF'
 # tspm-edge configuration of the tspm-edge service, installed by the tspm-edge package as
@@ -175,10 +177,24 @@ EOF
     sed -n '/^\[/,$p' config/tspm-edge.toml \
       | sed -e 's|^dir = "~/.cache/tspm-edge/models"$|dir = "/usr/share/tspm-edge/models"|' \
             -e 's|^socket = ""$|socket = "/run/tspm-edge/api.sock"|' \
-            -e 's|^group = ""$|group = "tspm-edge"|'
+            -e 's|^group = ""$|group = "tspm-edge"|' \
+            -e "s|^audio_precision = \"auto\"$|audio_precision = \"$audio\"|" \
+            -e "s|^visual_precision = \"auto\"$|visual_precision = \"$visual\"|" \
+            -e "s|^head_precision = \"auto\"$|head_precision = \"$head\"|" \
+      | if [ "$ARCH_NAME" = aarch64 ]; then
+          sed -e '/^audio_precision = /i\
+# The package sets the encoders to fp32 on aarch64: by aarch64 instructions per inference\
+# (cross/icount.sh, qemu Cortex-A72 / A76) tract'"'"'s int8 YAMNet costs 6.5-7.3x its fp32 and\
+# int8 EfficientNet-Lite0 8.1-8.2x, on the Pi 4 and the Pi 5 alike.' \
+              -e '/^head_precision = /i\
+# The package leaves the head on "auto": by the same count its int8 parts cost about half of\
+# fp32 with the dot product (Pi 5, Jetson Orin) and a quarter more without it (Pi 4). Set\
+# "int8" on a Pi 5 / Orin or "fp32" on a Pi 4 to skip the one-off timing at the first start.'
+        else cat; fi
   } > "$out"
   local want
-  for want in 'dir = "/usr/share/tspm-edge/models"' 'socket = "/run/tspm-edge/api.sock"' 'group = "tspm-edge"'; do
+  for want in 'dir = "/usr/share/tspm-edge/models"' 'socket = "/run/tspm-edge/api.sock"' 'group = "tspm-edge"' \
+      "audio_precision = \"$audio\"" "visual_precision = \"$visual\"" "head_precision = \"$head\""; do
     [ "$(grep -cxF "$want" "$out")" = 1 ] \
       || die "config/tspm-edge.toml changed shape: could not set '$want' exactly once"
   done
