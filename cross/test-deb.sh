@@ -189,12 +189,20 @@ check "/etc/tspm-edge/tspm-edge.toml is a conffile" \
 check "config: models.dir = /usr/share/tspm-edge/models" \
   grep -qx 'dir = "/usr/share/tspm-edge/models"' "$ROOT/etc/tspm-edge/tspm-edge.toml"
 models=$ROOT/usr/share/tspm-edge/models
-check "models: every file the manifests list, with its sha256, + class/tokenizer/answer files" \
+check "models: every file the manifests list (models and the text table), with its sha256, + class/tokenizer/answer files" \
   /usr/bin/python3 - "$models" <<'PY'
 import hashlib, pathlib, sys, tomllib
 d = pathlib.Path(sys.argv[1]); n = 0
 for path in sorted(d.glob("manifest*.toml")):
-    for m in tomllib.loads(path.read_text())["model"]:
+    manifest = tomllib.loads(path.read_text())
+    # The text table's manifest lists one table (its rows and their keys), not models.
+    if "text_table" in manifest:
+        t = manifest["text_table"]
+        for f, sha in ((t["file"], t["sha256"]), (t["keys"], t["keys_sha256"])):
+            data = (d / f).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == sha, f
+            print(f"       {path.name}: {f} {len(data):,} bytes", file=sys.stderr)
+    for m in manifest.get("model", []):
         data = (d / m["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == m["sha256"], m["file"]
         for k in ("classes", "tokenizer", "answers"):
