@@ -386,9 +386,8 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// A handle whose engine never answers (requests queue up to `capacity`): for tests of
-    /// the threads that talk to the engine.
-    /// Requests stay queued while the returned guard lives.
+    /// A handle whose engine never answers, for tests of the threads that talk to the
+    /// engine: requests queue up to `capacity` while the returned guard lives.
     #[cfg(test)]
     pub(crate) fn unanswered(capacity: usize) -> (EngineHandle, impl Sized) {
         let (requests, rx) = crossbeam_channel::bounded::<Request>(capacity);

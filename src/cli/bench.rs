@@ -408,15 +408,10 @@ fn run_stage(cfg: &Config, manifest: &Manifest, stage: &str, args: &Args) -> any
             let mut h = HeadParts::load(manifest, precision, seconds)
                 .with_context(|| format!("loading the head parts ({precision})"))?;
             let n = h.row_len();
-            let patch = MERGED_TOKENS * VISUAL_DIM;
             let mut rows = vec![0.0f32; seconds * n];
             let second = |h: &mut HeadParts, t: usize, row: &mut [f32]| {
-                h.second(
-                    &x.audio[t * 1024..(t + 1) * 1024],
-                    &x.visual[t * VISUAL_DIM..(t + 1) * VISUAL_DIM],
-                    &x.patches[t * patch..(t + 1) * patch],
-                    row,
-                )
+                let (audio, visual, patches) = x.second(t);
+                h.second(audio, visual, patches, row)
             };
             if name == SECOND_PART {
                 median_ms(runs, || Ok(second(&mut h, 0, &mut rows[..n])?))?
@@ -607,22 +602,13 @@ fn question_side(
         let x = window.inputs();
         let n = h.row_len();
         let mut rows = vec![0.0f32; seconds * n];
-        let patch = MERGED_TOKENS * VISUAL_DIM;
         let second_ms = median_ms(runs, || {
-            Ok(h.second(
-                &x.audio[..1024],
-                &x.visual[..1280],
-                &x.patches[..patch],
-                &mut rows[..n],
-            )?)
+            let (audio, visual, patches) = x.second(0);
+            Ok(h.second(audio, visual, patches, &mut rows[..n])?)
         })?;
         for t in 1..seconds {
-            h.second(
-                &x.audio[t * 1024..(t + 1) * 1024],
-                &x.visual[t * 1280..(t + 1) * 1280],
-                &x.patches[t * patch..(t + 1) * patch],
-                &mut rows[t * n..(t + 1) * n],
-            )?;
+            let (audio, visual, patches) = x.second(t);
+            h.second(audio, visual, patches, &mut rows[t * n..(t + 1) * n])?;
         }
         let mut context = vec![0.0f32; h.context_len()];
         let window_ms = median_ms(runs, || Ok(h.context(&rows, x.valid, &mut context)?))?;

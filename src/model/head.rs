@@ -5,6 +5,7 @@
 //! The plan is built for one window length T (the rolling window's capacity); missing
 //! seconds are marked with `valid = 0` rather than by changing T.
 
+use super::encoders::{AUDIO_DIM, VISUAL_DIM};
 use super::manifest::Manifest;
 use super::{Input, Model, ModelError};
 
@@ -32,6 +33,19 @@ pub struct HeadInputs<'a> {
     pub prompt: &'a [f32],
     /// [T] 1 for a real second, 0 for a missing one.
     pub valid: &'a [f32],
+}
+
+impl<'a> HeadInputs<'a> {
+    /// Second `t`'s audio, pooled visual and merged-token slices: what the per-second part
+    /// reads.
+    pub fn second(&self, t: usize) -> (&'a [f32], &'a [f32], &'a [f32]) {
+        let (a, v, p) = (AUDIO_DIM, VISUAL_DIM, MERGED_TOKENS * VISUAL_DIM);
+        (
+            &self.audio[t * a..(t + 1) * a],
+            &self.visual[t * v..(t + 1) * v],
+            &self.patches[t * p..(t + 1) * p],
+        )
+    }
 }
 
 /// What the head says about one question.
