@@ -55,6 +55,9 @@ export GST_PLUGIN_SYSTEM_PATH=$SYSROOT/usr/lib/$GNU/gstreamer-1.0
 export GST_PLUGIN_SCANNER=$SYSROOT/usr/lib/$GNU/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner
 export GST_REGISTRY_FORK=no
 export GST_REGISTRY=$SYSROOT_BASE/$ARCH_NAME.gst-registry.bin
+# What this runner set for the guest: a host program a test starts drops these
+# (tests/util/mod.rs, host_command); their presence also tells a test it runs emulated.
+export TSPM_GUEST_ENV="QEMU_LD_PREFIX QEMU_CPU GST_PLUGIN_SYSTEM_PATH GST_PLUGIN_SCANNER GST_REGISTRY_FORK GST_REGISTRY"
 # The host's GST_PLUGIN_PATH (if any) holds host plugins.
 unset GST_PLUGIN_PATH GST_PLUGIN_PATH_1_0 GST_PLUGIN_SYSTEM_PATH_1_0
 exec "$QEMU" "${argv0[@]}" "$exe" "$@"

@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tspm_edge::capture::{
-    Capture, CaptureConfig, CaptureError, CaptureStats, Captured, FrameRate, FrameSize, Mode,
-    Source, StreamKind,
+    Backoff, Capture, CaptureConfig, CaptureError, CaptureStats, Captured, FrameRate, FrameSize,
+    LiveClock, LiveConfig, LiveSource, Mode, Restart, Source, SourceState, StreamKind,
 };
 use tspm_edge::pts::Pts;
 use tspm_edge::segmenter::{
@@ -474,6 +474,47 @@ fn live_mode_drops_the_newest_and_counts() {
         stats.video_frames,
         "{stats:?}"
     );
+}
+
+#[test]
+fn a_file_mode_source_held_back_by_its_consumer_is_not_stalled() {
+    // `serve --accelerated` captures in file mode: a full queue makes capture wait for the
+    // engine. A slow engine (a segment takes ~5 s under qemu) must not look like a stall.
+    let (tx, rx) = crossbeam_channel::bounded(2);
+    let cfg = LiveConfig {
+        name: "test".into(),
+        source: testsrc(
+            "audiotestsrc is-live=false samplesperbuffer=1600",
+            "videotestsrc is-live=false ! video/x-raw,width=32,height=32,framerate=10/1",
+        ),
+        capture: CaptureConfig {
+            mode: Mode::File,
+            channel_capacity: 2,
+            ..CaptureConfig::default()
+        },
+        restart: Restart::Loop,
+        backoff: Backoff::default(),
+        stall_timeout: Duration::from_millis(300),
+    };
+    let source = LiveSource::spawn(cfg, LiveClock::start(), tx).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while source.status().state != SourceState::Playing {
+        assert!(Instant::now() < deadline, "{:?}", source.status());
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Nobody reads for five stall timeouts: the queue is full and capture waits.
+    thread::sleep(Duration::from_millis(1500));
+    let status = source.status();
+    assert_eq!(status.state, SourceState::Playing, "{status:?}");
+    assert_eq!(status.reconnects, 0, "{status:?}");
+    assert_eq!(status.last_error, None, "{status:?}");
+    // And it goes on when the consumer does.
+    let before = status.stats.audio_chunks;
+    for _ in 0..20 {
+        rx.recv_timeout(LIMIT).unwrap();
+    }
+    assert!(source.status().stats.audio_chunks > before);
+    source.stop();
 }
 
 #[test]

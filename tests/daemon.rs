@@ -138,8 +138,9 @@ impl Daemon {
                 return sent.elapsed();
             }
             assert!(
-                sent.elapsed() < Duration::from_secs(20),
-                "serve did not exit within 20 s of SIGTERM:\n{}",
+                sent.elapsed() < scaled(20),
+                "serve did not exit within {:?} of SIGTERM:\n{}",
+                scaled(20),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -332,7 +333,7 @@ fn serve_answers_over_the_socket_and_refuses_bad_requests_with_codes() {
 
     let socket = d.socket.clone();
     let took = d.terminate();
-    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert!(took < scaled(10), "SIGTERM took {took:?}");
     assert!(!socket.exists(), "the socket file is removed at exit");
 }
 
@@ -393,10 +394,14 @@ fn serve_loops_a_media_file() {
     // Segment-seek looping: no restart, no gap, nothing missing.
     assert_eq!(s["window"]["missing_audio_s"], 0, "{s:#}");
     assert_eq!(source(&s, "media")["reconnects"], 0, "{s:#}");
-    assert!(
-        s["segmenter"]["gap_samples"].as_u64().unwrap() < 1600,
-        "{s:#}"
-    );
+    // Under qemu a segment takes ~5 s of a 1 s budget: the live file source drops chunks
+    // for the engine (counted), which leaves gaps; on the host it keeps up.
+    if !util::emulated() {
+        assert!(
+            s["segmenter"]["gap_samples"].as_u64().unwrap() < 1600,
+            "{s:#}"
+        );
+    }
     let a = d.call(json!({"op": "ask", "preset": "count"}));
     assert_eq!(a["ok"], true, "{a}");
     d.terminate();
@@ -412,7 +417,7 @@ impl RtspServer {
     fn start(port: u16) -> RtspServer {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rtsp_server.py");
-        let mut child = std::process::Command::new("/usr/bin/python3")
+        let mut child = util::host_command("/usr/bin/python3")
             .arg(script)
             .arg(port.to_string())
             .stdout(Stdio::piped())
@@ -746,5 +751,5 @@ fn a_notify_socket_nobody_reads_blocks_nothing() {
         s["segments"].as_u64().unwrap() >= before + 4
     });
     let took = d.terminate();
-    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert!(took < scaled(10), "SIGTERM took {took:?}");
 }

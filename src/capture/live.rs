@@ -572,9 +572,12 @@ impl Runner {
         ctrl: &Receiver<Control>,
         stop: &Receiver<()>,
     ) -> Ended {
+        // Progress: an item delivered, or a poll period spent waiting for the engine to take
+        // one (file mode: under a slow engine — qemu, an overloaded board — that is not a stall).
         let items = || {
             self.counters.audio_chunks.load(Ordering::Relaxed)
                 + self.counters.video_frames.load(Ordering::Relaxed)
+                + self.counters.backpressure_waits.load(Ordering::Relaxed)
         };
         let mut seen = items();
         let mut last_item = Instant::now();

@@ -29,6 +29,9 @@ pub(super) struct Counters {
     pub video_frames: AtomicU64,
     pub dropped_audio_chunks: AtomicU64,
     pub dropped_video_frames: AtomicU64,
+    /// Poll periods a file-mode stream spent waiting for room in the consumer's queue: a
+    /// stream held back by a slow engine is alive, not stalled (`live.rs`, the stall watch).
+    pub backpressure_waits: AtomicU64,
 }
 
 /// Buffers handed back by the consumer, so that steady-state capture does not allocate.
@@ -90,7 +93,12 @@ impl SinkCtx {
         loop {
             match self.tx.send_timeout(item, SEND_POLL) {
                 Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(back)) if !self.pacer.is_closing() => item = back,
+                Err(SendTimeoutError::Timeout(back)) if !self.pacer.is_closing() => {
+                    self.counters
+                        .backpressure_waits
+                        .fetch_add(1, Ordering::Relaxed);
+                    item = back;
+                }
                 Err(_) => return Err(gst::FlowError::Flushing),
             }
         }

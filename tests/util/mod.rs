@@ -31,7 +31,7 @@ pub fn fixtures_dir() -> PathBuf {
     DIR.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-fixtures");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make.sh");
-        let out = std::process::Command::new("bash")
+        let out = host_command("bash")
             .arg(&script)
             .arg(&dir)
             .output()
@@ -60,6 +60,27 @@ pub fn model_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// A host program (bash, python3, gst-launch-1.0). Under qemu-user (`cross/test.sh`) the
+/// runner sets variables for the guest's loader and GStreamer and lists their names in
+/// TSPM_GUEST_ENV (`cross/qemu-run.sh`): a host program must not see them (host GStreamer would
+/// load the guest's plugins, and rewrite its registry).
+pub fn host_command(program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    if let Some(names) = std::env::var_os("TSPM_GUEST_ENV") {
+        for name in names.to_string_lossy().split_whitespace() {
+            cmd.env_remove(name);
+        }
+        cmd.env_remove("TSPM_GUEST_ENV");
+    }
+    cmd
+}
+
+/// Whether the tests run under qemu-user (`cross/test.sh`), where everything is 10-50x slower
+/// than on the board: assertions about real-time behaviour do not hold there.
+pub fn emulated() -> bool {
+    std::env::var_os("TSPM_GUEST_ENV").is_some()
 }
 
 /// The built binary.
