@@ -150,8 +150,7 @@ default_qemu_cpu() {
 cross_env() {
   local arch=$1 board=${2:-generic}
   export CARGO_TARGET_DIR=$CROSS_TARGET_DIR
-  export "CARGO_TARGET_${TRIPLE_UPPER}_LINKER=$GNU-gcc"
-  export "CARGO_TARGET_${TRIPLE_UPPER}_RUNNER=$CROSS_DIR/qemu-run.sh $arch"
+  # The linker ($GNU-gcc) and the runner (cross/qemu-run.sh) are in .cargo/config.toml.
   local flags="-C link-arg=--sysroot=$SYSROOT"
   flags+=" -C link-arg=-Wl,-rpath-link,$SYSROOT/lib/$GNU -C link-arg=-Wl,-rpath-link,$SYSROOT/usr/lib/$GNU"
   local bf; bf=$(board_rustflags "$arch" "$board")

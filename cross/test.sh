@@ -51,8 +51,8 @@ fi
 
 cross_env "$arch" "$board"
 export G_DEBUG=${G_DEBUG:-fatal_warnings}
-# Under emulation everything is ~10-50x slower: tests that wait on wall-clock deadlines may
-# scale them by this (tests/daemon.rs does not yet; see cross/README.md).
+# Under emulation everything is ~10-50x slower: the daemon tests stretch their wall-clock
+# deadlines by this (tests/daemon.rs, `scaled`; cross/README.md, "What differs under emulation").
 export TSPM_TEST_TIME_SCALE=${TSPM_TEST_TIME_SCALE:-10}
 say "$arch: cargo test ${targets[*]} under $QEMU (cpu ${TSPM_QEMU_CPU:-$(default_qemu_cpu "$arch")}, sysroot $SYSROOT)"
 start=$SECONDS

@@ -97,16 +97,14 @@ mod tests {
 
     #[test]
     fn read_only_file_mappings_are_picked_from_the_maps_lines() {
-        let code = "55d4c1a00000-55d4c1b00000 r-xp 00001000 fe:00 1234    /usr/bin/tspm-edge";
-        assert_eq!(
-            read_only_file_mapping(code),
-            Some((0x55d4c1a00000, 0x100000))
-        );
-        let data = "55d4c1b00000-55d4c1b10000 rw-p 00101000 fe:00 1234    /usr/bin/tspm-edge";
+        // 32-bit addresses: the same lines parse on armv7.
+        let code = "b6a00000-b6b00000 r-xp 00001000 fe:00 1234    /usr/bin/tspm-edge";
+        assert_eq!(read_only_file_mapping(code), Some((0xb6a0_0000, 0x10_0000)));
+        let data = "b6b00000-b6b10000 rw-p 00101000 fe:00 1234    /usr/bin/tspm-edge";
         assert_eq!(read_only_file_mapping(data), None);
-        let heap = "55d4c2000000-55d4c3000000 rw-p 00000000 00:00 0       [heap]";
+        let heap = "b7000000-b8000000 rw-p 00000000 00:00 0       [heap]";
         assert_eq!(read_only_file_mapping(heap), None);
-        let anon = "7f0000000000-7f0000100000 r--p 00000000 00:00 0";
+        let anon = "bf000000-bf100000 r--p 00000000 00:00 0";
         assert_eq!(read_only_file_mapping(anon), None);
     }
 
