@@ -375,6 +375,8 @@ pub struct Signals {
     pub segments: AtomicU64,
     /// The last second had sound.
     pub sound: AtomicBool,
+    /// The slowest segment so far, in microseconds (what a stop may have to wait for).
+    pub slowest_segment_us: AtomicU64,
 }
 
 /// A cheap, cloneable way to talk to the engine from any thread.
@@ -567,7 +569,17 @@ impl Engine {
 
     /// Finishes the segments the encoder thread is working on, drops what is still queued,
     /// and stops the thread. Call after the sources are stopped.
+    ///
+    /// Waits `timeout`, or three of the slowest segments so far if that is longer: two may be
+    /// in flight, and on a slow CPU (qemu, an overloaded board) a segment can take seconds.
     pub fn shutdown(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let slowest = Duration::from_micros(
+            self.handle
+                .signals
+                .slowest_segment_us
+                .load(Ordering::Relaxed),
+        );
+        let timeout = timeout.max(slowest * 3);
         let (reply, rx) = crossbeam_channel::bounded(1);
         // A full queue still drains: the request waits its turn.
         self.handle
@@ -845,6 +857,9 @@ impl State {
         self.segments += 1;
         self.segment_ms_sum += ms;
         self.segment_ms_max = self.segment_ms_max.max(ms);
+        self.signals
+            .slowest_segment_us
+            .fetch_max((ms * 1e3) as u64, Ordering::Relaxed);
         self.lag = Duration::from_nanos(self.inputs.clock.now_ns().saturating_sub(end.0));
         self.signals
             .segments
