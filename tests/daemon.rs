@@ -494,12 +494,21 @@ fn memory_stays_flat_over_many_windows_of_accelerated_segments() {
         "{WINDOW_10}[capture]\naudio = \"audiotestsrc is-live=false wave=pink-noise\"\n\
          video = \"videotestsrc is-live=false pattern=ball\"\n"
     );
+    // Under qemu-user a segment takes seconds and RSS is the emulator's too: qemu 7.2 keeps
+    // ~220 kB per guest thread that ended, and each status poll here is a connection, so a
+    // thread (measured: +65 MB per 300 polls under qemu, +0.6 MB per 8,000 natively). There
+    // the run is shorter and the RSS bound is not checked (cross/README.md).
+    let (first, last) = if util::emulated() {
+        (20, 60)
+    } else {
+        (40, 250)
+    };
     let d = Daemon::start(&extra, &["--accelerated"]);
     let early = d.wait_for(120, "4 windows of segments", |s| {
-        s["segments"].as_u64() >= Some(40)
+        s["segments"].as_u64() >= Some(first)
     });
     let late = d.wait_for(600, "25 windows of segments", |s| {
-        s["segments"].as_u64() >= Some(250)
+        s["segments"].as_u64() >= Some(last)
     });
     let (a, b) = (
         early["rss_kb"].as_u64().unwrap(),
@@ -511,7 +520,9 @@ fn memory_stays_flat_over_many_windows_of_accelerated_segments() {
     );
     // A leak of one frame or one feature row per segment would add ≥ 40 MB over 210
     // segments; allocator noise stays far below 8 MB.
-    assert!(b <= a + 8 * 1024, "RSS grew from {a} kB to {b} kB");
+    if !util::emulated() {
+        assert!(b <= a + 8 * 1024, "RSS grew from {a} kB to {b} kB");
+    }
     assert_eq!(late["window"]["filled_s"], 10);
     assert_eq!(
         late["dropped"]["audio_chunks"], 0,
