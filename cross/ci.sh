@@ -18,14 +18,15 @@ step() { echo; echo "=== cross: $* ($(date +%T))"; }
 # Minutes a step takes on a 2-core machine, from nothing / with its target dir cached and only
 # this package changed (2026-12-02, cross/test.sh; build + qemu run):
 #   aarch64: 14.4 + 14.6 from nothing; 1.8-3.2 + 14.6 cached.
-#   armv7:   14.1 (sysroot, rustup target, 12.0 build, lib tests) + 0.1 from nothing; ~2 cached.
+#   armv7:   ~1.5 (sysroot, rustup target) + 3.8 (lib tests, dependencies unoptimised) + 0.1
+#            from nothing; ~2 cached.
 need_min() {
   local arch=$1 cached=0
   arch_info "$arch"
   [ -d "$CROSS_TARGET_DIR/$TRIPLE/debug/deps" ] && cached=1
   case "$arch/$cached" in
     aarch64/0) echo 32 ;; aarch64/1) echo 20 ;;
-    armv7/0) echo 17 ;; armv7/1) echo 5 ;;
+    armv7/0) echo 8 ;; armv7/1) echo 4 ;;
   esac
 }
 
