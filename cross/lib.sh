@@ -158,6 +158,9 @@ cross_env() {
   export "CARGO_TARGET_${TRIPLE_UPPER}_RUSTFLAGS=$flags"
   export "CC_${TRIPLE_LOWER}=$GNU-gcc" "CXX_${TRIPLE_LOWER}=$GNU-g++" "AR_${TRIPLE_LOWER}=$GNU-ar"
   export "CFLAGS_${TRIPLE_LOWER}=--sysroot=$SYSROOT"
+  # jemalloc's Makefile runs `$CC -MM $CPPFLAGS` without CFLAGS (tikv-jemalloc-sys reads the
+  # target-prefixed CPPFLAGS): without the sysroot there, the cross gcc reads the host's headers.
+  export "${TRIPLE_UPPER}_CPPFLAGS=--sysroot=$SYSROOT"
   export "PKG_CONFIG_SYSROOT_DIR_${TRIPLE_LOWER}=$SYSROOT"
   export "PKG_CONFIG_LIBDIR_${TRIPLE_LOWER}=$SYSROOT/usr/lib/$GNU/pkgconfig:$SYSROOT/usr/share/pkgconfig"
   export "PKG_CONFIG_PATH_${TRIPLE_LOWER}="

@@ -2,16 +2,21 @@
 //! that only start-up used back to the system (freed heap, and the pages of code that only
 //! loading the models ran).
 //!
+//! The `tspm-edge` binary allocates through jemalloc (src/main.rs), which gives freed pages
+//! back by itself; the glibc knobs here cover what still goes through glibc malloc: the C
+//! libraries (GStreamer, GLib), and any program built without the `jemalloc` feature.
+//!
 //! Loading the models decodes ~170 MB of ONNX protobuf into tensors and then packs them for
 //! tract's kernels; the decoding buffers are freed, but glibc keeps freed pages of its main
-//! heap unless asked. Measured on `serve` with the default models: 287 MB resident without a
-//! trim, about 60 MB less with one (see the README's daemon figures).
+//! heap unless asked. Measured on `serve` with the default models under glibc: 287 MB
+//! resident without a trim, about 60 MB less with one.
 
 /// glibc malloc arenas `serve` allows (unless `MALLOC_ARENA_MAX` is set): by default glibc
 /// gives each of up to 8 × cores threads its own arena, and the daemon's threads (engine,
 /// encoder, API connections, GStreamer's streaming threads) each keep freed memory in theirs.
-/// Measured with `soak --realtime-s 20 --segments 120` (debug build): default 143.8 MB in the
-/// real-time phase / 136.2 MB accelerated; 2 arenas 128.7 / 128.6 MB, same ask latency.
+/// Measured with `soak --realtime-s 20 --segments 120` (debug build, everything on glibc):
+/// default 143.8 MB in the real-time phase / 136.2 MB accelerated; 2 arenas 128.7 / 128.6 MB,
+/// same ask latency.
 pub const SERVE_MALLOC_ARENAS: i32 = 2;
 
 /// Caps the number of glibc malloc arenas at `arenas`, unless the environment already sets

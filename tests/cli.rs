@@ -201,6 +201,41 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// The binary allocates through jemalloc with the options built into it (src/main.rs): two
+/// arenas, the background purging thread, a 2 s decay, and on aarch64 a 16 KiB page so it
+/// starts on a Pi 5's kernel. jemalloc prints its options at exit when asked to.
+#[test]
+#[cfg(feature = "jemalloc")]
+fn the_binary_runs_on_jemalloc_with_its_built_in_options() {
+    let out = util::bin()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    for option in [
+        "opt.narenas: 2",
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 2000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(
+            stats.contains(option),
+            "no {option:?} in jemalloc's statistics:\n{stats}"
+        );
+    }
+    let page = if cfg!(target_arch = "aarch64") {
+        16384
+    } else {
+        4096
+    };
+    assert!(
+        stats.contains(&format!("Page size: {page}\n")),
+        "jemalloc not built for {page}-byte pages:\n{stats}"
+    );
+}
+
 /// The whole TSPM path on a 5 s clip (padded to the head's 10 selected seconds with invalid
 /// seconds): a valid answer from the vocabulary, top-3, and selected seconds that exist.
 #[test]
