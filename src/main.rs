@@ -12,7 +12,7 @@ use tspm_edge::cli::{self, Cli};
 /// buffers on many short-lived connection threads; glibc keeps such freed memory in its
 /// arenas (and, after a large free, raises its mmap threshold so the next ones come from the
 /// heap too), so `serve`'s resident set wandered with how the threads met the arenas.
-/// Measured with `soak` (README, "Daemon figures"): see [`MALLOC_CONF`].
+/// Measured with `soak` (README, "The daemon"): see [`MALLOC_CONF`].
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
