@@ -199,7 +199,14 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     let question = if args.only.is_some() || args.batch > 1 {
         None
     } else {
-        Some(question_side(cfg, &manifest, &features, args.runs)?)
+        // `Some(nodes listed)` when the head's parts are to be profiled too.
+        #[cfg(feature = "profile")]
+        let profile = args.profile.then_some(args.top);
+        #[cfg(not(feature = "profile"))]
+        let profile = None;
+        Some(question_side(
+            cfg, &manifest, &features, args.runs, profile,
+        )?)
     };
 
     let ort_ms = if args.no_ort {
@@ -535,6 +542,7 @@ fn question_side(
     manifest: &Manifest,
     features: &SegmentFeatures,
     runs: usize,
+    profile: Option<usize>,
 ) -> anyhow::Result<QuestionSide> {
     use crate::dsp::{MergedTokens, TokenMerger};
     use crate::model::encoders::{TOKENS, VISUAL_DIM};
@@ -619,6 +627,14 @@ fn question_side(
         eprintln!(
             "  tract head parts {precision}: second {second_ms:.2} ms, window {window_ms:.2} ms, question {question_ms:.3} ms"
         );
+        #[cfg(feature = "profile")]
+        if let Some(top) = profile {
+            let [w, q] = h.profile(&rows, x.valid, &context, x.question, x.prompt)?;
+            print_profile(&format!("tspm_window.{precision}"), window_ms, &w, top);
+            print_profile(&format!("tspm_question.{precision}"), question_ms, &q, top);
+        }
+        #[cfg(not(feature = "profile"))]
+        let _ = profile;
         parts.insert(format!("tspm_second.{precision}"), second_ms);
         parts.insert(format!("tspm_window.{precision}"), window_ms);
         parts.insert(format!("tspm_question.{precision}"), question_ms);

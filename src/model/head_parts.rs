@@ -195,6 +195,31 @@ impl HeadParts {
         })
     }
 
+    /// Profiles the window part and the question part node by node on these inputs (tract's
+    /// profiler, `bench --profile`; needs the `profile` cargo feature).
+    pub fn profile(
+        &self,
+        rows: &[f32],
+        valid: &[f32],
+        context: &[f32],
+        question: &[f32],
+        prompt: &[f32],
+    ) -> Result<[super::Profile; 2], ModelError> {
+        let t = self.seconds;
+        let rows = Input::F32(&[1, t, self.row_len], rows);
+        let valid = Input::F32(&[1, t], valid);
+        Ok([
+            self.window.profile_inputs(&[rows, valid])?,
+            self.question.profile_inputs(&[
+                rows,
+                valid,
+                Input::F32(&[1, self.context_len], context),
+                Input::F32(&[1, TEXT_DIM], question),
+                Input::F32(&[1, TEXT_DIM], prompt),
+            ])?,
+        ])
+    }
+
     /// The whole head on raw features, as the runtime composes it: a row per valid second
     /// (zeros for invalid ones), the context, the question. For files (`answer`) and checks;
     /// the daemon keeps the rows in its window instead.

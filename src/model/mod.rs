@@ -499,13 +499,25 @@ impl Model {
     /// Profiles the optimised plan node by node on one input (tract's own profiler: about
     /// 5 s of runs). Needs the `profile` cargo feature; without it this is an error.
     pub fn profile(&self, shape: &[usize], data: &[f32]) -> Result<Profile, ModelError> {
+        self.profile_inputs(&[Input::F32(shape, data)])
+    }
+
+    /// [`Model::profile`] on typed inputs, one per declared input (the head's parts).
+    pub fn profile_inputs(&self, inputs: &[Input<'_>]) -> Result<Profile, ModelError> {
         let model = self.entry.id();
         let run_err = |source: anyhow::Error| ModelError::Run {
             model: model.clone(),
             source,
         };
-        let input = Tensor::from_slice(shape, data).map_err(run_err)?;
-        let json = self.runnable.profile_json(Some([input])).map_err(run_err)?;
+        let tensors = inputs
+            .iter()
+            .map(|input| match input {
+                Input::F32(shape, data) => Tensor::from_slice(shape, data),
+                Input::I64(shape, data) => Tensor::from_slice(shape, data),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(run_err)?;
+        let json = self.runnable.profile_json(Some(tensors)).map_err(run_err)?;
         parse_profile(&json).map_err(run_err)
     }
 }
