@@ -27,12 +27,12 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// segment vs 41-43); 5 s lets more freed memory stand (peak 119.6 and 123.3 MB); 2 s: peak
 /// 117.5 and 119.0 MB, 41.4-42.5 ms a segment.
 #[cfg(feature = "jemalloc")]
-#[allow(unsafe_code, non_upper_case_globals)]
+#[allow(unsafe_code)]
 // SAFETY: jemalloc reads this symbol (with tikv-jemalloc-sys's `_rjem_` prefix) as a
 // `const char *` to a NUL-terminated string during its initialisation; a thin reference to
 // the first byte of a static byte string is exactly that, and it is never written.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &u8 =
+static MALLOC_CONF: &u8 =
     &b"narenas:2,background_thread:true,dirty_decay_ms:2000,muzzy_decay_ms:0\0"[0];
 
 fn main() -> ExitCode {

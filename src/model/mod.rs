@@ -197,6 +197,14 @@ impl Input<'_> {
             Input::I64(shape, data) => (shape, data.len(), "i64"),
         }
     }
+
+    /// A tract tensor holding a copy of the data.
+    fn to_tensor(self) -> anyhow::Result<Tensor> {
+        match self {
+            Input::F32(shape, data) => Tensor::from_slice(shape, data),
+            Input::I64(shape, data) => Tensor::from_slice(shape, data),
+        }
+    }
 }
 
 /// tract transforms every model gets before tract optimises it. `conv_nhwc` runs float
@@ -414,11 +422,7 @@ impl Model {
                     },
                 });
             }
-            let tensor = match input {
-                Input::F32(shape, data) => Tensor::from_slice(shape, data),
-                Input::I64(shape, data) => Tensor::from_slice(shape, data),
-            };
-            tensors.push(tensor.map_err(|source| ModelError::Run {
+            tensors.push(input.to_tensor().map_err(|source| ModelError::Run {
                 model: id(),
                 source,
             })?);
@@ -511,10 +515,7 @@ impl Model {
         };
         let tensors = inputs
             .iter()
-            .map(|input| match input {
-                Input::F32(shape, data) => Tensor::from_slice(shape, data),
-                Input::I64(shape, data) => Tensor::from_slice(shape, data),
-            })
+            .map(|input| input.to_tensor())
             .collect::<Result<Vec<_>, _>>()
             .map_err(run_err)?;
         let json = self.runnable.profile_json(Some(tensors)).map_err(run_err)?;
