@@ -37,7 +37,8 @@ With `valid` all ones the outputs equal the unmasked head (valid=None).
 
 Attention is written with MatMul / Softmax / Where (no nn.MultiheadAttention) so that the
 exported graph uses only MatMul, Add, Mul, Softmax, Where, LayerNormalization, TopK (constant
-k), GatherElements, Reshape, Transpose, ReduceSum/Mean, Tanh, Relu, Concat, Slice, Cast.
+k), Gather, GatherElements (on the [B,k] indices only), CumSum, Reshape, Transpose,
+ReduceSum/Mean, Tanh, Relu, Concat, Slice, Cast.
 """
 
 import math
@@ -160,10 +161,25 @@ def masked_mean(x, m):
 
 
 def batch_gather(x, idx):
-    """x [B,L,...], idx [B,k] int64 -> [B,k,...] (GatherElements in ONNX)."""
+    """x [B,L,...], idx [B,k] int64 -> [B,k,...] (GatherElements in ONNX). For training; the
+    exported graphs use gather_rows, which gives the same values."""
     shape = idx.shape + x.shape[2:]
     full = idx.reshape(idx.shape + (1,) * (x.dim() - 2)).expand(shape)
     return torch.gather(x, 1, full)
+
+
+def gather_rows(x, idx):
+    """batch_gather as one ONNX Gather over the flattened [B*L,...] rows at idx + b*L.
+    GatherElements reads one index per output value (k*4110 of them for the packed rows: 55 %
+    of tract's question part, `bench --profile`); a row Gather copies k rows. The offsets b*L
+    are computed in float from data, not from shapes: tract turns integer arithmetic on shapes
+    into symbolic dims (see the TopK note in TSPMHead.forward); exact below 2^24."""
+    ones = torch.ones_like(x.reshape(x.shape[0], x.shape[1], -1)[:, :, 0])  # [B,L]
+    length = ones[:1].sum(dim=1, keepdim=True)  # [1,1] = L
+    base = (torch.cumsum(ones[:, :1], dim=0) - 1.0) * length  # [B,1] = b*L
+    flat_idx = (idx.to(x.dtype) + base).to(torch.int64).reshape(-1)  # [B*k]
+    rows = x.reshape((-1,) + tuple(x.shape[2:]))[flat_idx]  # [B*k,...]
+    return rows.reshape(idx.shape + tuple(x.shape[2:]))
 
 
 def split_heads(x, attn):
@@ -276,9 +292,9 @@ class TSPMHead(nn.Module):
             sel = torch.where(sel_ok, sel, sel[:, :1])  # padding repeats slot 0
             sv = sel_ok.to(audio.dtype)  # [B,k]
 
-        a_k = batch_gather(a, sel)  # [B,k,H]
-        _v_k = batch_gather(v, sel)  # gathered as the spec says; no downstream use in §2
-        pk = batch_gather(patches, sel)  # [B,k,N,Dp] raw tokens of the selected seconds
+        a_k = gather_rows(a, sel)  # [B,k,H]
+        _v_k = gather_rows(v, sel)  # gathered as the spec says; no downstream use in §2
+        pk = gather_rows(patches, sel)  # [B,k,N,Dp] raw tokens of the selected seconds
         n_tok = pk.shape[2]
         tok = self.proj_patch(pk).reshape(-1, n_tok, a.shape[-1])  # [B*k,N,H]
 

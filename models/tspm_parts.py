@@ -34,7 +34,7 @@ import math
 import torch
 import torch.nn as nn
 
-from tspm import (NEG_INF, batch_gather, masked_mean, query_block_projected, select_masked,
+from tspm import (NEG_INF, gather_rows, masked_mean, query_block_projected, select_masked,
                   split_heads)
 
 N_SLOTS = 8  # H-wide slots in a packed row
@@ -113,7 +113,7 @@ class QuestionPart(nn.Module):
         sel, sel_ok = select_masked(w, mk, k)
         sv = sel_ok.to(packed.dtype)
 
-        rows = batch_gather(packed, sel)  # [N,k,F]
+        rows = gather_rows(packed, sel)  # [N,k,F]
         a_k, v_sp = slot(rows, 0), slot(rows, 3)
         spm_attention = rows[..., 8 * hid:]
         a_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
