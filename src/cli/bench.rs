@@ -140,7 +140,11 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         }
         CPU_TIME.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    eprintln!("bench: {} runs per stage, single thread", args.runs);
+    eprintln!(
+        "bench: {} runs per stage, single thread; tract CPU features edit TRACT_CPU_ISA={:?}",
+        args.runs,
+        crate::model::cpu_features()?
+    );
     let logmel_ms = median_ms(args.runs, || featurizer.logmel(&pcm[..15_600]))?;
     let prep_ms = median_ms(args.runs, || featurizer.prepare(&frame))?;
 

@@ -215,6 +215,33 @@ impl Input<'_> {
 /// `tests/dsp.rs`, `check-models`).
 pub const DEFAULT_TRANSFORMS: &[&str] = &["conv_nhwc"];
 
+/// tract's instruction-set edit this runtime installs unless `TRACT_CPU_ISA` is set in the
+/// environment (which then wins): tract 0.23.9's Intel AMX int8 kernel
+/// (`avx512amx_mmm_i32_8x8`) loads 64 K-bytes of the packed B operand per step, but B is
+/// padded only to a multiple of 4, so a matmul whose K is not a multiple of 64 (the encoders'
+/// depthwise convs: K = 9, 25; pointwise ones: K = 24, 40, 80, …) reads past its buffer. The
+/// extra bytes meet A's zero padding, so results stay right, but a read that crosses into an
+/// unmapped page is a SIGSEGV: `bench --profile --only efficientnet_lite0.int8` crashed in 2
+/// of 4 runs on a Sapphire Rapids Xeon (gdb: `tileloadd tmm2` at avx512amx_mmm_i32_8x8.S:259).
+/// Without AMX, int8 matmuls run on AVX-512 VNNI. `TRACT_CPU_ISA=+amx-int8` opts back in.
+pub const TRACT_CPU_ISA_DEFAULT: &str = "-amx-int8";
+
+/// Installs [`TRACT_CPU_ISA_DEFAULT`] below the environment, once per process, before tract
+/// first probes the CPU (it caches the probe). Returns tract's instruction-set edit in force.
+pub fn cpu_features() -> anyhow::Result<String> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            tract_data::knobs::set_config_global("TRACT_CPU_ISA", TRACT_CPU_ISA_DEFAULT)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|reason| {
+            anyhow::anyhow!("setting tract's TRACT_CPU_ISA={TRACT_CPU_ISA_DEFAULT}: {reason}")
+        })?;
+    Ok(std::env::var("TRACT_CPU_ISA").unwrap_or_else(|_| TRACT_CPU_ISA_DEFAULT.to_string()))
+}
+
 /// One loaded model with its live tract state.
 ///
 /// Loaded once; [`Model::run`] reuses the state, so tract's scratch space stays warm between
@@ -288,6 +315,7 @@ impl Model {
             path: path.clone(),
             source,
         };
+        cpu_features().map_err(load_err)?;
         // onnxruntime's quantiser writes symbolic value_info that tract would trust over the
         // real shapes: ignore it and pin the inputs from the manifest instead.
         let mut inference = onnx()
@@ -695,4 +723,22 @@ fn concrete_shape(fact: &Fact) -> anyhow::Result<Vec<usize>> {
     (0..rank)
         .map(|axis| Ok(usize::try_from(fact.dim(axis)?.to_int64()?)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tract_runs_without_its_amx_int8_kernel_unless_the_environment_says_otherwise() {
+        let edit = super::cpu_features().unwrap();
+        // Twice is fine (installed once per process).
+        assert_eq!(super::cpu_features().unwrap(), edit);
+        let knob = tract_data::knobs::all()
+            .into_iter()
+            .find(|k| k.name == "TRACT_CPU_ISA")
+            .expect("tract declares the TRACT_CPU_ISA knob");
+        assert_eq!((knob.current)(), edit, "the edit tract will apply");
+        if std::env::var_os("TRACT_CPU_ISA").is_none() {
+            assert_eq!(edit, "-amx-int8");
+        }
+    }
 }
