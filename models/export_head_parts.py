@@ -6,7 +6,7 @@ composed, they give the whole head's outputs, and build their int8 variants.
 
 DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_second.fp32.onnx    per second:  audio [N,1024], visual [N,1280], patches [N,14,1280]
-                           -> packed [N,F]            (F = 8*512 + 14 = 4110)
+                           -> packed [N,F]            (F = 20*512 + 14 = 10254)
   tspm_window.fp32.onnx    per window:  packed [N,T,F], valid [N,T] -> context [N,1024]
   tspm_question.fp32.onnx  per question: packed, valid, context, question [N,384],
                            prompt [N,384] -> logits, temporal_weights, selected, spm_attention

@@ -190,7 +190,13 @@ def split_heads(x, attn):
 def attend_projected(attn, query, k_proj, v_proj, key_mask):
     """Attention.forward with the key / value Linears already applied to kv (they commute
     with gathers over time, so callers project once and gather the projections)."""
-    q = split_heads(attn.q(query) * (1.0 / math.sqrt(attn.d)), attn)
+    return attend_qkv(attn, attn.q(query), k_proj, v_proj, key_mask)
+
+
+def attend_qkv(attn, q_proj, k_proj, v_proj, key_mask):
+    """Attention.forward with all three input Linears already applied (q_proj = attn.q(query),
+    unscaled): per-position projections can be computed once per second and kept."""
+    q = split_heads(q_proj * (1.0 / math.sqrt(attn.d)), attn)
     k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
     scores = torch.matmul(q, k.transpose(-1, -2))
     if key_mask is not None:
@@ -200,6 +206,17 @@ def attend_projected(attn, query, k_proj, v_proj, key_mask):
     out = torch.matmul(w, v).transpose(1, 2)
     out = out.reshape(out.shape[0], -1, attn.heads * attn.d)
     return attn.o(out), w.mean(dim=1)
+
+
+def av_layer_projected(layer, x, proj, key_mask):
+    """AVLayer.forward (eval) with the six input projections precomputed:
+    proj = (cross.q(x), cross.k(other), cross.v(other), self_attn.q(x), self_attn.k(x),
+    self_attn.v(x))."""
+    cq, ck, cv, sq, sk, sv = proj
+    c, _ = attend_qkv(layer.cross, cq, ck, cv, key_mask)
+    s, _ = attend_qkv(layer.self_attn, sq, sk, sv, key_mask)
+    x = layer.ln1(x + c + s)
+    return layer.ln2(x + layer.ffn(x))
 
 
 def query_block_projected(block, q, k_proj, v_proj, key_mask):

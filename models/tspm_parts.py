@@ -4,10 +4,14 @@ Most of the head's work does not depend on the question:
 
 - **second** (once per one-second segment, when it enters the window): everything that reads
   only that second — the input projections, the SPM (token self-attention, then the second's
-  audio querying its merged tokens), the TPM keys of the visual feature, and the QTG key / value
-  projections of the second's audio and SPM output. Output: one packed row of F values.
-- **window** (once per window version, whatever the number of questions): the AV layer over
-  all seconds and its means over the valid ones. Output: the context [2H].
+  audio querying its merged tokens), the TPM keys of the visual feature, the QTG key / value
+  projections of the second's audio and SPM output, and the AV layer's query / key / value
+  projections of the second's audio and visual (12 of the AV layer's 20 matmuls over a window;
+  doing them once per second instead of once per window version per second halves the window
+  part). Output: one packed row of F values.
+- **window** (once per window version, whatever the number of questions): the AV layer's
+  attention over all seconds from the precomputed projections, its output projections, FFN
+  and norms, and its means over the valid seconds. Output: the context [2H].
 - **question** (per question): the prompt's TPM attention over the precomputed keys, the top-k
   selection, the QTG attention of the question over the selected seconds' precomputed keys and
   values, and the fusion / answer MLP.
@@ -26,7 +30,10 @@ Packed row layout (H = 512, N_TOK = 14), offsets in units of H:
     5 qtg_va   qtg.attn.v(a)
     6 qtg_ks   qtg.attn.k(v_sp)
     7 qtg_vs   qtg.attn.v(v_sp)
-    8H..8H+14  spm_w, the SPM attention of the second's audio over its 14 merged tokens
+    8..13      the AV layer for the audio queries: av.cross.q(a), av.cross.k(v), av.cross.v(v),
+               av.self_attn.q(a), av.self_attn.k(a), av.self_attn.v(a)
+    14..19     the same for the visual queries (a and v swapped)
+    20H..20H+14  spm_w, the SPM attention of the second's audio over its 14 merged tokens
 """
 
 import math
@@ -34,10 +41,17 @@ import math
 import torch
 import torch.nn as nn
 
-from tspm import (NEG_INF, gather_rows, masked_mean, query_block_projected, select_masked,
-                  split_heads)
+from tspm import (NEG_INF, av_layer_projected, gather_rows, masked_mean, query_block_projected,
+                  select_masked, split_heads)
 
-N_SLOTS = 8  # H-wide slots in a packed row
+N_SLOTS = 20  # H-wide slots in a packed row
+AV_SLOT = 8  # first of the AV layer's 12 projection slots
+
+
+def av_projections(av, x, other):
+    """The six input projections av_layer_projected takes for x querying other."""
+    return [av.cross.q(x), av.cross.k(other), av.cross.v(other),
+            av.self_attn.q(x), av.self_attn.k(x), av.self_attn.v(x)]
 
 
 def row_len(h, n_tok):
@@ -61,8 +75,9 @@ class SecondPart(nn.Module):
         v_sp, w_sp = m.spm_cross(a.reshape(-1, 1, hid), tok)  # [N,1,H], [N,1,N_TOK]
         v_sp = v_sp[:, 0]
         qa = m.qtg.attn
-        return torch.cat([a, v, tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp),
-                          w_sp[:, 0]], dim=-1)
+        return torch.cat([a, v, tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp)]
+                         + av_projections(m.av, a, v) + av_projections(m.av, v, a)
+                         + [w_sp[:, 0]], dim=-1)
 
 
 class WindowPart(nn.Module):
@@ -75,11 +90,12 @@ class WindowPart(nn.Module):
     def forward(self, packed, valid):
         m = self.h
         hid = m.proj_audio.out_features
-        a, v = packed[..., :hid], packed[..., hid:2 * hid]
+        slot = lambda i: packed[..., i * hid:(i + 1) * hid]  # noqa: E731
+        a, v = slot(0), slot(1)
         mk = valid > 0.5
         mf = mk.to(packed.dtype)
-        a_av = m.av(a, v, mk)
-        v_av = m.av(v, a, mk)
+        a_av = av_layer_projected(m.av, a, [slot(AV_SLOT + i) for i in range(6)], mk)
+        v_av = av_layer_projected(m.av, v, [slot(AV_SLOT + 6 + i) for i in range(6)], mk)
         return torch.cat([masked_mean(a_av, mf), masked_mean(v_av, mf)], dim=-1)
 
 
@@ -115,7 +131,7 @@ class QuestionPart(nn.Module):
 
         rows = gather_rows(packed, sel)  # [N,k,F]
         a_k, v_sp = slot(rows, 0), slot(rows, 3)
-        spm_attention = rows[..., 8 * hid:]
+        spm_attention = rows[..., N_SLOTS * hid:]
         a_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
         v_q = query_block_projected(m.qtg, q, slot(rows, 6), slot(rows, 7), sel_ok)
         f = torch.cat([a_q[:, 0], context[:, :hid], masked_mean(a_k, sv),

@@ -633,7 +633,9 @@ fn question_side(
         );
         #[cfg(feature = "profile")]
         if let Some(top) = profile {
-            let [w, q] = h.profile(&rows, x.valid, &context, x.question, x.prompt)?;
+            let [s, w, q] =
+                h.profile(x.second(0), &rows, x.valid, &context, x.question, x.prompt)?;
+            print_profile(&format!("tspm_second.{precision}"), second_ms, &s, top);
             print_profile(&format!("tspm_window.{precision}"), window_ms, &w, top);
             print_profile(&format!("tspm_question.{precision}"), question_ms, &q, top);
         }

@@ -195,20 +195,28 @@ impl HeadParts {
         })
     }
 
-    /// Profiles the window part and the question part node by node on these inputs (tract's
-    /// profiler, `bench --profile`; needs the `profile` cargo feature).
+    /// Profiles the three parts node by node (tract's profiler, `bench --profile`; needs the
+    /// `profile` cargo feature): the second part on `second` (audio, visual, patches of one
+    /// second), the window and question parts on these window inputs.
     pub fn profile(
         &self,
+        second: (&[f32], &[f32], &[f32]),
         rows: &[f32],
         valid: &[f32],
         context: &[f32],
         question: &[f32],
         prompt: &[f32],
-    ) -> Result<[super::Profile; 2], ModelError> {
+    ) -> Result<[super::Profile; 3], ModelError> {
         let t = self.seconds;
         let rows = Input::F32(&[1, t, self.row_len], rows);
         let valid = Input::F32(&[1, t], valid);
+        let (audio, visual, patches) = second;
         Ok([
+            self.second.profile_inputs(&[
+                Input::F32(&[1, AUDIO_DIM], audio),
+                Input::F32(&[1, VISUAL_DIM], visual),
+                Input::F32(&[1, MERGED_TOKENS, VISUAL_DIM], patches),
+            ])?,
             self.window.profile_inputs(&[rows, valid])?,
             self.question.profile_inputs(&[
                 rows,
