@@ -230,7 +230,7 @@ fn head_parts_check_their_inputs() {
     assert!(err.contains("at least 10 seconds"), "{err}");
     let mut head = HeadParts::load(&manifest, "fp32", 10).unwrap();
     let n = head.row_len();
-    assert_eq!(n, 8 * 512 + 14);
+    assert_eq!(n, 20 * 512 + 14);
     let mut row = vec![0.0f32; n - 1];
     let err = head
         .second(&[0.0; 1024], &[0.0; 1280], &[0.0; 14 * 1280], &mut row)

@@ -215,8 +215,8 @@ impl Input<'_> {
 /// `tests/dsp.rs`, `check-models`).
 pub const DEFAULT_TRANSFORMS: &[&str] = &["conv_nhwc"];
 
-/// tract's instruction-set edit this runtime installs unless `TRACT_CPU_ISA` is set in the
-/// environment (which then wins): tract 0.23.9's Intel AMX int8 kernel
+/// tract's instruction-set edit this runtime installs on x86_64 unless `TRACT_CPU_ISA` is set
+/// in the environment (which then wins): tract 0.23.9's Intel AMX int8 kernel
 /// (`avx512amx_mmm_i32_8x8`) loads 64 K-bytes of the packed B operand per step, but B is
 /// padded only to a multiple of 4, so a matmul whose K is not a multiple of 64 (the encoders'
 /// depthwise convs: K = 9, 25; pointwise ones: K = 24, 40, 80, …) reads past its buffer. The
@@ -224,22 +224,30 @@ pub const DEFAULT_TRANSFORMS: &[&str] = &["conv_nhwc"];
 /// unmapped page is a SIGSEGV: `bench --profile --only efficientnet_lite0.int8` crashed in 2
 /// of 4 runs on a Sapphire Rapids Xeon (gdb: `tileloadd tmm2` at avx512amx_mmm_i32_8x8.S:259).
 /// Without AMX, int8 matmuls run on AVX-512 VNNI. `TRACT_CPU_ISA=+amx-int8` opts back in.
-pub const TRACT_CPU_ISA_DEFAULT: &str = "-amx-int8";
+/// None elsewhere: tract refuses (panics on) a feature of another architecture.
+#[cfg(target_arch = "x86_64")]
+pub const TRACT_CPU_ISA_DEFAULT: Option<&str> = Some("-amx-int8");
+/// See the x86_64 value: nothing to edit on this architecture.
+#[cfg(not(target_arch = "x86_64"))]
+pub const TRACT_CPU_ISA_DEFAULT: Option<&str> = None;
 
 /// Installs [`TRACT_CPU_ISA_DEFAULT`] below the environment, once per process, before tract
-/// first probes the CPU (it caches the probe). Returns tract's instruction-set edit in force.
+/// first probes the CPU (it caches the probe). Returns tract's instruction-set edit in force
+/// ("" for none).
 pub fn cpu_features() -> anyhow::Result<String> {
     static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     INSTALLED
-        .get_or_init(|| {
-            tract_data::knobs::set_config_global("TRACT_CPU_ISA", TRACT_CPU_ISA_DEFAULT)
-                .map_err(|e| format!("{e:#}"))
+        .get_or_init(|| match TRACT_CPU_ISA_DEFAULT {
+            Some(edit) => tract_data::knobs::set_config_global("TRACT_CPU_ISA", edit)
+                .map_err(|e| format!("setting tract's TRACT_CPU_ISA={edit}: {e:#}")),
+            None => Ok(()),
         })
         .clone()
-        .map_err(|reason| {
-            anyhow::anyhow!("setting tract's TRACT_CPU_ISA={TRACT_CPU_ISA_DEFAULT}: {reason}")
-        })?;
-    Ok(std::env::var("TRACT_CPU_ISA").unwrap_or_else(|_| TRACT_CPU_ISA_DEFAULT.to_string()))
+        .map_err(anyhow::Error::msg)?;
+    Ok(std::env::var("TRACT_CPU_ISA")
+        .ok()
+        .or(TRACT_CPU_ISA_DEFAULT.map(str::to_string))
+        .unwrap_or_default())
 }
 
 /// One loaded model with its live tract state.
@@ -736,9 +744,21 @@ mod tests {
             .into_iter()
             .find(|k| k.name == "TRACT_CPU_ISA")
             .expect("tract declares the TRACT_CPU_ISA knob");
-        assert_eq!((knob.current)(), edit, "the edit tract will apply");
+        let current = (knob.current)();
         if std::env::var_os("TRACT_CPU_ISA").is_none() {
-            assert_eq!(edit, "-amx-int8");
+            match super::TRACT_CPU_ISA_DEFAULT {
+                Some(default) => {
+                    assert_eq!(default, "-amx-int8");
+                    assert_eq!(edit, default);
+                    assert_eq!(current, edit, "the edit tract will apply");
+                }
+                None => {
+                    assert_eq!(edit, "");
+                    assert_eq!(current, "(unset)", "no edit on this architecture");
+                }
+            }
+        } else {
+            assert_eq!(current, edit, "the environment's edit wins");
         }
     }
 }

@@ -2,8 +2,9 @@
 //! that passed the int8 accuracy check recorded in the manifest.
 //!
 //! `auto` times both variants once (tract, one thread, a warm-up run then the median of a few)
-//! and caches the verdict in `<model dir>/precision-cache.toml` (or `$CACHE_DIRECTORY`), keyed by the CPU, the tract
-//! version and both files' sha256, so a later start reads the verdict instead of re-timing.
+//! and caches the verdict in `<model dir>/precision-cache.toml` (or `$CACHE_DIRECTORY`), keyed
+//! by the CPU, the tract version, plan form and CPU-feature edit, and both files' sha256, so a
+//! later start reads the verdict instead of re-timing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -151,11 +152,13 @@ fn cached_or_measured(
     let path = cache_path(&manifest.dir);
     let mut cache = read_cache(&path);
     let cpu = cpu_id();
-    // The plan form is part of what was timed: a change of default transforms re-times.
+    // The plan form and tract's kernel set are part of what was timed: a change of default
+    // transforms or of the CPU features tract may use (TRACT_CPU_ISA) re-times.
     let tract = format!(
-        "{} {}",
+        "{} {} isa{}",
         tract::version(),
-        super::DEFAULT_TRANSFORMS.join("+")
+        super::DEFAULT_TRANSFORMS.join("+"),
+        super::cpu_features().unwrap_or_default()
     );
     if let Some(v) = cache.get(key)
         && v.cpu == cpu
