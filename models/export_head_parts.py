@@ -7,8 +7,10 @@ composed, they give the whole head's outputs, and build their int8 variants.
 DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_second.fp32.onnx    per second:  audio [N,1024], visual [N,1280], patches [N,14,1280]
                            -> packed [N,F]            (F = 20*512 + 14 = 10254)
-  tspm_window.fp32.onnx    per window:  packed [N,T,F], valid [N,T] -> context [N,1024]
-  tspm_question.fp32.onnx  per question: packed, valid, context, question [N,384],
+  tspm_window.fp32.onnx    per window:  packed [N,T,7168] (the rows' last 14*512 values),
+                           valid [N,T] -> context [N,1024]
+  tspm_question.fp32.onnx  per question: packed [N,T,3598] (the rows' first 7*512 + 14),
+                           valid, context, question [N,384],
                            prompt [N,384] -> logits, temporal_weights, selected, spm_attention
   tspm_{second,window,question}.int8.onnx   the same parts in int8 (unless --no-int8), same
                            inputs and outputs: the whole head's recipe (export_head.build_int8:
@@ -63,6 +65,10 @@ import tspm_parts  # noqa: E402
 
 H, N_TOK = 512, 14
 F = tspm_parts.row_len(H, N_TOK)
+FQ = tspm_parts.question_width(H, N_TOK)  # the question part's columns of a row (its first)
+FW = tspm_parts.window_width(H)  # the window part's (its last)
+QROWS = lambda p: tspm_parts.question_rows(p, H, N_TOK)  # noqa: E731
+WROWS = lambda p: tspm_parts.window_rows(p, H)  # noqa: E731
 MANIFEST = "manifest-head-parts.toml"
 MIN_AGREEMENT = 0.99  # int8 parts vs fp32 parts, top-1 answer; the runtime's default gate too
 RECIPE = ("static QOperator int8 on the weight MatMuls of the whole head's int8 recipe (uint8 "
@@ -75,11 +81,11 @@ PARTS = {
         outputs=[("packed", ["N", F])],
         doc="per second: the question-independent part of the TSPM head for one second"),
     "tspm_window": dict(
-        inputs=[("packed", ["N", "T", F]), ("valid", ["N", "T"])],
+        inputs=[("packed", ["N", "T", FW]), ("valid", ["N", "T"])],
         outputs=[("context", ["N", 2 * H])],
         doc="per window: the AV layer over all seconds and its means over the valid ones"),
     "tspm_question": dict(
-        inputs=[("packed", ["N", "T", F]), ("valid", ["N", "T"]), ("context", ["N", 2 * H]),
+        inputs=[("packed", ["N", "T", FQ]), ("valid", ["N", "T"]), ("context", ["N", 2 * H]),
                 ("question", ["N", 384]), ("prompt", ["N", 384])],
         outputs=[("logits", ["N", "A"]), ("temporal_weights", ["N", "T"]),
                  ("selected", ["N", 10]), ("spm_attention", ["N", 10, N_TOK])],
@@ -159,9 +165,9 @@ def run_parts(sessions, x):
         "audio": x["audio"].reshape(b * t, -1), "visual": x["visual"].reshape(b * t, -1),
         "patches": x["patches"].reshape(b * t, N_TOK, -1)})[0].reshape(b, t, F)
     packed = np.where(x["valid"][..., None] > 0.5, packed, 0).astype(np.float32)
-    context = sessions["tspm_window"].run(None, {"packed": packed, "valid": x["valid"]})[0]
+    context = sessions["tspm_window"].run(None, {"packed": WROWS(packed), "valid": x["valid"]})[0]
     return sessions["tspm_question"].run(None, {
-        "packed": packed, "valid": x["valid"], "context": context,
+        "packed": QROWS(packed), "valid": x["valid"], "context": context,
         "question": x["question"], "prompt": x["prompt"]})
 
 
@@ -389,11 +395,11 @@ def main():
     question = tspm_parts.QuestionPart(model).eval()
     with torch.no_grad():
         pk = second(t(ex["audio"][0]), t(ex["visual"][0]), t(ex["patches"][0]))[None]
-        ctx = window(pk, t(ex["valid"]))
+        ctx = window(WROWS(pk), t(ex["valid"]))
     examples = {
         "tspm_second": (t(ex["audio"][0]), t(ex["visual"][0]), t(ex["patches"][0])),
-        "tspm_window": (pk, t(ex["valid"])),
-        "tspm_question": (pk, t(ex["valid"]), ctx, t(ex["question"]), t(ex["prompt"])),
+        "tspm_window": (WROWS(pk), t(ex["valid"])),
+        "tspm_question": (QROWS(pk), t(ex["valid"]), ctx, t(ex["question"]), t(ex["prompt"])),
     }
     sessions = {}
     for name, module in (("tspm_second", second), ("tspm_window", window),
@@ -449,12 +455,12 @@ def main():
                       "patches": x["patches"][0, :1]}
         packed = ss["tspm_second"].run(None, {
             "audio": x["audio"][0], "visual": x["visual"][0], "patches": x["patches"][0]})[0][None]
-        context = ss["tspm_window"].run(None, {"packed": packed, "valid": x["valid"]})[0]
-        qx = {"packed": packed, "valid": x["valid"], "context": context,
+        wx = {"packed": WROWS(packed), "valid": x["valid"]}
+        context = ss["tspm_window"].run(None, wx)[0]
+        qx = {"packed": QROWS(packed), "valid": x["valid"], "context": context,
               "question": x["question"], "prompt": x["prompt"]}
         timing[f"second {precision} (1 s)"] = med(lambda: ss["tspm_second"].run(None, per_second))
-        timing[f"window {precision} (T=60)"] = med(lambda: ss["tspm_window"].run(
-            None, {"packed": packed, "valid": x["valid"]}))
+        timing[f"window {precision} (T=60)"] = med(lambda: ss["tspm_window"].run(None, wx))
         timing[f"question {precision} (T=60)"] = med(lambda: ss["tspm_question"].run(None, qx))
     if whole is not None:
         timing["whole head fp32 (T=60)"] = med(lambda: whole.run(None, x))

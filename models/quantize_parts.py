@@ -34,8 +34,11 @@ import torch
 from onnx import helper, numpy_helper
 
 import export_head
+import tspm_parts
 
-N_TOK = 14
+N_TOK, H = 14, 512
+WROWS = lambda p: tspm_parts.window_rows(p, H)  # noqa: E731  the window part's columns
+QROWS = lambda p: tspm_parts.question_rows(p, H, N_TOK)  # noqa: E731  the question part's
 
 
 def log(msg):
@@ -202,10 +205,11 @@ def part_calibration(sessions, windows):
         rows = sessions["tspm_second"].run(None, sec)[0]
         packed = np.zeros((1, v.size, rows.shape[1]), np.float32)
         packed[0, v] = rows
-        wx = {"packed": packed, "valid": x["valid"]}
+        wx = {"packed": WROWS(packed), "valid": x["valid"]}
         out["tspm_window"].append(wx)
         context = sessions["tspm_window"].run(None, wx)[0]
-        out["tspm_question"].append(dict(wx, context=context, question=x["question"],
+        out["tspm_question"].append(dict(packed=QROWS(packed), valid=x["valid"],
+                                         context=context, question=x["question"],
                                          prompt=x["prompt"]))
     return out
 
@@ -285,10 +289,11 @@ def run_clip(s, x):
     t = x["valid"].shape[1]
     packed = np.zeros((1, t, rows.shape[1]), np.float32)
     packed[0, :len(rows)] = rows
-    context = s["tspm_window"].run(None, {"packed": packed, "valid": x["valid"]})[0]
+    context = s["tspm_window"].run(None, {"packed": WROWS(packed), "valid": x["valid"]})[0]
     n = len(x["question"])
+    q_rows = QROWS(packed)
     out = s["tspm_question"].run(None, {
-        "packed": np.broadcast_to(packed, (n,) + packed.shape[1:]).copy(),
+        "packed": np.broadcast_to(q_rows, (n,) + q_rows.shape[1:]).copy(),
         "valid": np.broadcast_to(x["valid"], (n, t)).copy(),
         "context": np.broadcast_to(context, (n, context.shape[1])).copy(),
         "question": x["question"], "prompt": x["prompt"]})
@@ -319,9 +324,11 @@ def check_test_set(ts, s32, s8):
         ctx32.append(c32)
         # each part alone, on the fp32 parts' inputs
         # (the per-second part's inputs are the features: its composed rows are "alone")
-        ctx8_alone.append(s8["tspm_window"].run(None, {"packed": p32, "valid": x["valid"]})[0])
+        ctx8_alone.append(s8["tspm_window"].run(None, {"packed": WROWS(p32),
+                                                        "valid": x["valid"]})[0])
         n = len(x["question"])
-        qx = {"packed": np.broadcast_to(p32, (n,) + p32.shape[1:]).copy(),
+        q32 = QROWS(p32)
+        qx = {"packed": np.broadcast_to(q32, (n,) + q32.shape[1:]).copy(),
               "valid": np.broadcast_to(x["valid"], (n, x["valid"].shape[1])).copy(),
               "context": np.broadcast_to(c32, (n, c32.shape[1])).copy(),
               "question": x["question"], "prompt": x["prompt"]}

@@ -21,19 +21,22 @@ by models/export_head_parts.py to float rounding). Values in the rows of invalid
 reach an output (they are masked keys, excluded from the means, never selected), so the runtime
 may leave zeros there.
 
-Packed row layout (H = 512, N_TOK = 14), offsets in units of H:
-    0 a        proj_audio(audio)
-    1 v        proj_visual(visual)
-    2 tpm_k    tpm.attn.k(v)
-    3 v_sp     SPM output (spm_cross(a, spm_self(proj_patch(patches))))
-    4 qtg_ka   qtg.attn.k(a)
-    5 qtg_va   qtg.attn.v(a)
-    6 qtg_ks   qtg.attn.k(v_sp)
-    7 qtg_vs   qtg.attn.v(v_sp)
-    8..13      the AV layer for the audio queries: av.cross.q(a), av.cross.k(v), av.cross.v(v),
-               av.self_attn.q(a), av.self_attn.k(a), av.self_attn.v(a)
-    14..19     the same for the visual queries (a and v swapped)
-    20H..20H+14  spm_w, the SPM attention of the second's audio over its 14 merged tokens
+Packed row layout (H = 512, N_TOK = 14, F = 20H + 14 = 10254), in order:
+    tpm_k    tpm.attn.k(v)                                        [0, H)
+    v_sp     SPM output (spm_cross(a, spm_self(proj_patch(patches))))
+    qtg_ka   qtg.attn.k(a)
+    qtg_va   qtg.attn.v(a)
+    qtg_ks   qtg.attn.k(v_sp)
+    qtg_vs   qtg.attn.v(v_sp)                                     [5H, 6H)
+    spm_w    the SPM attention of the second's audio over its 14 merged tokens
+    a        proj_audio(audio)                                    [6H+14, 7H+14)
+    v        proj_visual(visual)
+    the AV layer's projections for the audio queries: av.cross.q(a), av.cross.k(v),
+             av.cross.v(v), av.self_attn.q(a), av.self_attn.k(a), av.self_attn.v(a)
+    the same for the visual queries (a and v swapped)             ends at F
+The question part reads the row's first Q_WIDTH = 7H + 14 values (tpm_k .. a), the window part
+its last W_WIDTH = 14H (a .. the end): each part is given only its own columns, so the runtime
+copies less into each run (the two ranges share `a`).
 """
 
 import math
@@ -44,8 +47,9 @@ import torch.nn as nn
 from tspm import (NEG_INF, av_layer_projected, gather_rows, masked_mean, query_block_projected,
                   select_masked, split_heads)
 
-N_SLOTS = 20  # H-wide slots in a packed row
-AV_SLOT = 8  # first of the AV layer's 12 projection slots
+N_SLOTS = 20  # H-wide slots in a packed row (plus the N_TOK SPM weights)
+Q_SLOTS = 7  # the question part's H-wide slots (tpm_k .. qtg_vs, then a after the SPM weights)
+W_SLOTS = 14  # the window part's: a, v and the AV layer's 12 projections
 
 
 def av_projections(av, x, other):
@@ -56,6 +60,27 @@ def av_projections(av, x, other):
 
 def row_len(h, n_tok):
     return N_SLOTS * h + n_tok
+
+
+def question_width(h, n_tok):
+    return Q_SLOTS * h + n_tok
+
+
+def window_width(h):
+    return W_SLOTS * h
+
+
+def question_rows(packed, h, n_tok):
+    """The question part's input: the first question_width values of each row (torch or
+    numpy; numpy comes back contiguous, as onnxruntime wants it)."""
+    out = packed[..., :question_width(h, n_tok)]
+    return out if isinstance(out, torch.Tensor) else out.copy()
+
+
+def window_rows(packed, h):
+    """The window part's input: the last window_width values of each row."""
+    out = packed[..., packed.shape[-1] - window_width(h):]
+    return out if isinstance(out, torch.Tensor) else out.copy()
 
 
 class SecondPart(nn.Module):
@@ -75,13 +100,14 @@ class SecondPart(nn.Module):
         v_sp, w_sp = m.spm_cross(a.reshape(-1, 1, hid), tok)  # [N,1,H], [N,1,N_TOK]
         v_sp = v_sp[:, 0]
         qa = m.qtg.attn
-        return torch.cat([a, v, tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp)]
-                         + av_projections(m.av, a, v) + av_projections(m.av, v, a)
-                         + [w_sp[:, 0]], dim=-1)
+        return torch.cat([tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp), w_sp[:, 0],
+                          a, v] + av_projections(m.av, a, v) + av_projections(m.av, v, a),
+                         dim=-1)
 
 
 class WindowPart(nn.Module):
-    """packed [N,T,F], valid [N,T] -> context [N,2H] (means of the AV layer's outputs)."""
+    """packed [N,T,W] (window_rows: a, v, the AV projections), valid [N,T] -> context [N,2H]
+    (means of the AV layer's outputs)."""
 
     def __init__(self, head):
         super().__init__()
@@ -90,19 +116,24 @@ class WindowPart(nn.Module):
     def forward(self, packed, valid):
         m = self.h
         hid = m.proj_audio.out_features
-        slot = lambda i: packed[..., i * hid:(i + 1) * hid]  # noqa: E731
-        a, v = slot(0), slot(1)
+        slot = lambda i: packed[..., i * hid:(i + 1) * hid]  # noqa: E731  (window rows)
+        n = valid.shape[0]
         mk = valid > 0.5
         mf = mk.to(packed.dtype)
-        a_av = av_layer_projected(m.av, a, [slot(AV_SLOT + i) for i in range(6)], mk)
-        v_av = av_layer_projected(m.av, v, [slot(AV_SLOT + 6 + i) for i in range(6)], mk)
-        return torch.cat([masked_mean(a_av, mf), masked_mean(v_av, mf)], dim=-1)
+        # Both directions of the shared layer at once, stacked on the batch axis ([2N,T,H]:
+        # audio queries, then visual queries): half the nodes, twice the rows per matmul.
+        two = lambda x, y: torch.cat([x, y], dim=0)  # noqa: E731
+        x = two(slot(0), slot(1))
+        proj = [two(slot(2 + i), slot(8 + i)) for i in range(6)]
+        out = av_layer_projected(m.av, x, proj, two(mk, mk))
+        means = masked_mean(out, two(mf, mf))  # [2N,H]
+        return torch.cat([means[:n], means[n:]], dim=-1)
 
 
 class QuestionPart(nn.Module):
-    """packed [N,T,F], valid [N,T], context [N,2H], question [N,Dq], prompt [N,Dp] ->
-    logits [N,A], temporal_weights [N,T], selected [N,k] int64, spm_attention [N,k,N_TOK]
-    (the outputs of TSPMHead.forward)."""
+    """packed [N,T,Q] (question_rows), valid [N,T], context [N,2H], question [N,Dq],
+    prompt [N,Dp] -> logits [N,A], temporal_weights [N,T], selected [N,k] int64,
+    spm_attention [N,k,N_TOK] (the outputs of TSPMHead.forward)."""
 
     def __init__(self, head):
         super().__init__()
@@ -120,7 +151,7 @@ class QuestionPart(nn.Module):
         # TPM: the prompt over the precomputed keys; head-averaged weights rank the seconds.
         attn = m.tpm.attn
         qh = split_heads(attn.q(p) * (1.0 / math.sqrt(attn.d)), attn)
-        kh = split_heads(slot(packed, 2), attn)
+        kh = split_heads(slot(packed, 0), attn)
         scores = torch.matmul(qh, kh.transpose(-1, -2))
         scores = torch.where(mk[:, None, None, :], scores,
                              torch.tensor(NEG_INF, dtype=scores.dtype))
@@ -129,11 +160,13 @@ class QuestionPart(nn.Module):
         sel, sel_ok = select_masked(w, mk, k)
         sv = sel_ok.to(packed.dtype)
 
-        rows = gather_rows(packed, sel)  # [N,k,F]
-        a_k, v_sp = slot(rows, 0), slot(rows, 3)
-        spm_attention = rows[..., N_SLOTS * hid:]
-        a_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
-        v_q = query_block_projected(m.qtg, q, slot(rows, 6), slot(rows, 7), sel_ok)
+        rows = gather_rows(packed, sel)  # [N,k,question width]
+        spm = 6 * hid
+        n_tok = rows.shape[-1] - spm - hid
+        a_k, v_sp = rows[..., spm + n_tok:], slot(rows, 1)
+        spm_attention = rows[..., spm:spm + n_tok]
+        a_q = query_block_projected(m.qtg, q, slot(rows, 2), slot(rows, 3), sel_ok)
+        v_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
         f = torch.cat([a_q[:, 0], context[:, :hid], masked_mean(a_k, sv),
                        v_q[:, 0], context[:, hid:], masked_mean(v_sp, sv)], dim=-1)
         f = m.fuse(torch.tanh(f))
@@ -150,5 +183,6 @@ def compose(head, audio, visual, patches, question, prompt, valid):
     packed = second(audio.reshape(b * t, -1), visual.reshape(b * t, -1),
                     patches.reshape(b * t, patches.shape[2], -1)).reshape(b, t, -1)
     packed = torch.where((valid > 0.5).unsqueeze(-1), packed, torch.tensor(0.0))
-    context = window(packed, valid)
-    return quest(packed, valid, context, question, prompt)
+    hid, n_tok = head.proj_audio.out_features, patches.shape[2]
+    context = window(window_rows(packed, hid), valid)
+    return quest(question_rows(packed, hid, n_tok), valid, context, question, prompt)

@@ -512,7 +512,12 @@ impl Engine {
         let row_len = models.head.row_len();
         let state = State {
             window: Window::new(settings.window_seconds, row_len),
-            view: HeadView::new(head_seconds, row_len),
+            view: HeadView::new(
+                head_seconds,
+                row_len,
+                models.head.window_columns(),
+                models.head.question_columns(),
+            ),
             row: vec![0.0; row_len],
             encoder,
             feature_pool: (0..ENCODER_IN_FLIGHT)
@@ -1085,7 +1090,7 @@ impl State {
         if self.context_version != self.view.version {
             self.models
                 .head
-                .context(&self.view.rows, &self.view.valid, &mut self.context)
+                .context(&self.view.window_rows, &self.view.valid, &mut self.context)
                 .map_err(|e| AskError::Model(e.to_string()))?;
             self.context_version = self.view.version;
         }
@@ -1093,7 +1098,7 @@ impl State {
             .models
             .head
             .question(
-                &self.view.rows,
+                &self.view.question_rows,
                 &self.view.valid,
                 &self.context,
                 &self.q_emb,

@@ -8,6 +8,8 @@
 //! [`Window::new`]; [`Window::push`] overwrites the oldest second in place, so memory does not
 //! grow with uptime. The engine thread owns the window; nothing here is shared.
 
+use std::ops::Range;
+
 /// What one second of the window holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SecondInfo {
@@ -19,11 +21,17 @@ pub struct SecondInfo {
     pub video: bool,
 }
 
-/// The head's view of the window, time-ordered and padded to the head's length.
+/// The head's view of the window, time-ordered and padded to the head's length, laid out for
+/// the head's window and question parts: each holds only the columns of every row its part
+/// reads, contiguous, so a run copies no more into tract than the part needs.
 #[derive(Debug)]
 pub struct HeadView {
-    /// [T, row length]: the seconds' rows; padding rows are zeros.
-    pub rows: Vec<f32>,
+    /// [T, window width]: the window part's columns of the seconds' rows; padding rows are
+    /// zeros.
+    pub window_rows: Vec<f32>,
+    /// [T, question width]: the question part's columns of the seconds' rows; padding rows
+    /// are zeros.
+    pub question_rows: Vec<f32>,
     /// [T]: 1 for a second holding data, 0 for padding.
     pub valid: Vec<f32>,
     /// [T] segment index of each row (padding repeats the newest).
@@ -31,17 +39,37 @@ pub struct HeadView {
     /// [`Window::version`] when this view was filled (`u64::MAX`: never).
     pub version: u64,
     row_len: usize,
+    window_columns: Range<usize>,
+    question_columns: Range<usize>,
 }
 
 impl HeadView {
-    /// Buffers for a head of `seconds` seconds and rows of `row_len` values.
-    pub fn new(seconds: usize, row_len: usize) -> Self {
+    /// Buffers for a head of `seconds` seconds and rows of `row_len` values, of which the
+    /// window part reads `window_columns` and the question part `question_columns`
+    /// (`HeadParts::window_columns` / `question_columns`).
+    ///
+    /// # Panics
+    /// If a column range reaches past `row_len` (a programming error: the model layer checks
+    /// the widths against the manifest at load).
+    pub fn new(
+        seconds: usize,
+        row_len: usize,
+        window_columns: Range<usize>,
+        question_columns: Range<usize>,
+    ) -> Self {
+        assert!(
+            window_columns.end <= row_len && question_columns.end <= row_len,
+            "head view columns {window_columns:?} / {question_columns:?} past a row of {row_len}"
+        );
         HeadView {
-            rows: vec![0.0; seconds * row_len],
+            window_rows: vec![0.0; seconds * window_columns.len()],
+            question_rows: vec![0.0; seconds * question_columns.len()],
             valid: vec![0.0; seconds],
             index: vec![0; seconds],
             version: u64::MAX,
             row_len,
+            window_columns,
+            question_columns,
         }
     }
 
@@ -160,15 +188,21 @@ impl Window {
         let rows = view.seconds();
         let take = self.len.min(rows);
         let skip = self.len - take;
+        let (wc, qc) = (view.window_columns.clone(), view.question_columns.clone());
+        let (ww, qw) = (wc.len(), qc.len());
         for row in 0..rows {
-            let dst = &mut view.rows[row * n..(row + 1) * n];
+            let w_dst = &mut view.window_rows[row * ww..(row + 1) * ww];
+            let q_dst = &mut view.question_rows[row * qw..(row + 1) * qw];
             if row < take {
                 let slot = (self.start + skip + row) % self.capacity;
-                dst.copy_from_slice(&self.rows[slot * n..(slot + 1) * n]);
+                let src = &self.rows[slot * n..(slot + 1) * n];
+                w_dst.copy_from_slice(&src[wc.clone()]);
+                q_dst.copy_from_slice(&src[qc.clone()]);
                 view.valid[row] = 1.0;
                 view.index[row] = self.info[slot].index;
             } else {
-                dst.fill(0.0);
+                w_dst.fill(0.0);
+                q_dst.fill(0.0);
                 view.valid[row] = 0.0;
                 view.index[row] = self.newest().map_or(0, |s| s.index);
             }
@@ -182,16 +216,25 @@ mod tests {
     use super::*;
 
     const ROW: usize = 37;
+    // As the head's parts read rows: the window part the last columns, the question part the
+    // first ones, overlapping.
+    const WINDOW_COLUMNS: Range<usize> = 20..ROW;
+    const QUESTION_COLUMNS: Range<usize> = 0..25;
 
+    fn view(seconds: usize) -> HeadView {
+        HeadView::new(seconds, ROW, WINDOW_COLUMNS, QUESTION_COLUMNS)
+    }
+
+    /// Second `index`'s row: value `index + column / 100` in each column.
     fn second(w: &mut Window, index: u64) {
-        let v = index as f32;
+        let row: Vec<f32> = (0..ROW).map(|c| index as f32 + c as f32 / 100.0).collect();
         w.push(
             SecondInfo {
                 index,
                 audio: index.is_multiple_of(2),
                 video: true,
             },
-            &[v; ROW],
+            &row,
         );
     }
 
@@ -204,12 +247,16 @@ mod tests {
         assert_eq!(w.len(), 10);
         let held: Vec<u64> = w.seconds().map(|s| s.index).collect();
         assert_eq!(held, (15..25).collect::<Vec<_>>());
-        let mut view = HeadView::new(10, ROW);
+        let mut view = view(10);
         w.fill(&mut view);
+        let (ww, qw) = (WINDOW_COLUMNS.len(), QUESTION_COLUMNS.len());
         for row in 0..10 {
-            let expected = (15 + row) as f32;
-            assert_eq!(view.rows[row * ROW], expected);
-            assert_eq!(view.rows[(row + 1) * ROW - 1], expected);
+            let at = |c: usize| (15 + row) as f32 + c as f32 / 100.0;
+            // Each part's columns, in order, for this second.
+            let want_w: Vec<f32> = WINDOW_COLUMNS.map(at).collect();
+            let want_q: Vec<f32> = QUESTION_COLUMNS.map(at).collect();
+            assert_eq!(&view.window_rows[row * ww..(row + 1) * ww], &want_w[..]);
+            assert_eq!(&view.question_rows[row * qw..(row + 1) * qw], &want_q[..]);
             assert_eq!(view.valid[row], 1.0);
         }
     }
@@ -220,11 +267,20 @@ mod tests {
         for i in 100..103 {
             second(&mut w, i);
         }
-        let mut view = HeadView::new(12, ROW);
+        let mut view = view(12);
         w.fill(&mut view);
         assert_eq!(&view.valid[..4], &[1.0, 1.0, 1.0, 0.0]);
         assert_eq!(&view.index[..4], &[100, 101, 102, 102]);
-        assert!(view.rows[3 * ROW..].iter().all(|&x| x == 0.0));
+        assert!(
+            view.window_rows[3 * WINDOW_COLUMNS.len()..]
+                .iter()
+                .all(|&x| x == 0.0)
+        );
+        assert!(
+            view.question_rows[3 * QUESTION_COLUMNS.len()..]
+                .iter()
+                .all(|&x| x == 0.0)
+        );
         // Filling again at the same version is a no-op; a new second changes the view.
         let v = view.version;
         w.fill(&mut view);
@@ -232,6 +288,7 @@ mod tests {
         second(&mut w, 103);
         w.fill(&mut view);
         assert_eq!(view.valid[3], 1.0);
+        assert_eq!(view.question_rows[3 * QUESTION_COLUMNS.len()], 103.0);
     }
 
     #[test]
@@ -240,8 +297,14 @@ mod tests {
         for i in 0..20 {
             second(&mut w, i);
         }
-        let mut view = HeadView::new(10, ROW);
+        let mut view = view(10);
         w.fill(&mut view);
         assert_eq!(view.index, (10..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    #[should_panic(expected = "past a row of 37")]
+    fn columns_past_the_row_are_a_programming_error() {
+        let _ = HeadView::new(10, ROW, 20..38, QUESTION_COLUMNS);
     }
 }

@@ -240,16 +240,35 @@ fn head_parts_check_their_inputs() {
         err.contains("row buffer") && err.contains(&n.to_string()),
         "{err}"
     );
-    let rows = vec![0.0f32; 10 * n];
+    // Each part reads its own columns: the question part the row's first 7 x 512 + 14, the
+    // window part its last 14 x 512 (models/tspm_parts.py).
+    assert_eq!(head.question_columns(), 0..7 * 512 + 14);
+    assert_eq!(head.window_columns(), n - 14 * 512..n);
+    let rows: Vec<f32> = (0..10 * n).map(|i| (i % n) as f32).collect();
+    let (window_rows, question_rows) = head.part_rows(&rows);
+    assert_eq!(window_rows.len(), 10 * 14 * 512);
+    assert_eq!(question_rows.len(), 10 * (7 * 512 + 14));
+    assert_eq!(window_rows[0], (n - 14 * 512) as f32);
+    assert_eq!(window_rows[14 * 512 - 1], (n - 1) as f32);
+    assert_eq!(
+        question_rows[7 * 512 + 14],
+        0.0,
+        "the second row starts at column 0"
+    );
     let mut context = vec![0.0f32; head.context_len()];
     let err = head
-        .context(&rows, &[0.0; 10], &mut context)
+        .context(&window_rows, &[0.0; 10], &mut context)
         .unwrap_err()
         .to_string();
     assert!(err.contains("at least one valid second"), "{err}");
-    // A row of the wrong length reaches tract's check with the tensor named.
+    // Rows of the wrong length reach the model layer's check with the tensor named.
     let err = head
-        .context(&rows[..9 * n], &[1.0; 10], &mut context)
+        .context(&rows, &[1.0; 10], &mut context)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("packed"), "{err}");
+    let err = head
+        .question(&window_rows, &[1.0; 10], &context, &[0.0; 384], &[0.0; 384])
         .unwrap_err()
         .to_string();
     assert!(err.contains("packed"), "{err}");

@@ -9,7 +9,7 @@ use crate::util::alloc::allocations_during;
 fn window_push_and_fill_allocate_nothing() {
     // Rows as long as the head's per-second part gives (20 x 512 + 14).
     let mut window = Window::new(60, 10_254);
-    let mut view = HeadView::new(60, 10_254);
+    let mut view = HeadView::new(60, 10_254, 10_254 - 7_168..10_254, 0..3_598);
     let row = vec![0.5f32; 10_254];
     // Wrap around the ring several times, filling the view each second as an ask would.
     let (allocs, ()) = allocations_during(|| {

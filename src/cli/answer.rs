@@ -107,13 +107,14 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
             &mut rows[t * n..(t + 1) * n],
         )?;
     }
+    let (window_rows, question_rows) = head.part_rows(&rows);
     let mut context = vec![0.0f32; head.context_len()];
-    head.context(&rows, &valid, &mut context)?;
+    head.context(&window_rows, &valid, &mut context)?;
     let (mut q_emb, mut p_emb) = (vec![0.0f32; TEXT_DIM], vec![0.0f32; TEXT_DIM]);
     for question in &questions {
         text.embed(question.text(), &mut q_emb)?;
         text.embed(question.prompt(), &mut p_emb)?;
-        let out = head.question(&rows, &valid, &context, &q_emb, &p_emb)?;
+        let out = head.question(&question_rows, &valid, &context, &q_emb, &p_emb)?;
         let probs = softmax(&out.logits);
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));

@@ -430,13 +430,16 @@ fn run_stage(cfg: &Config, manifest: &Manifest, stage: &str, args: &Args) -> any
                 for (t, row) in rows.chunks_mut(n).enumerate() {
                     second(&mut h, t, row)?;
                 }
+                let (window_rows, question_rows) = h.part_rows(&rows);
                 let mut context = vec![0.0f32; h.context_len()];
                 if name == WINDOW_PART {
-                    median_ms(runs, || Ok(h.context(&rows, x.valid, &mut context)?))?
-                } else {
-                    h.context(&rows, x.valid, &mut context)?;
                     median_ms(runs, || {
-                        h.question(&rows, x.valid, &context, x.question, x.prompt)?;
+                        Ok(h.context(&window_rows, x.valid, &mut context)?)
+                    })?
+                } else {
+                    h.context(&window_rows, x.valid, &mut context)?;
+                    median_ms(runs, || {
+                        h.question(&question_rows, x.valid, &context, x.question, x.prompt)?;
                         Ok(())
                     })?
                 }
@@ -622,10 +625,13 @@ fn question_side(
             let (audio, visual, patches) = x.second(t);
             h.second(audio, visual, patches, &mut rows[t * n..(t + 1) * n])?;
         }
+        let (window_rows, question_rows) = h.part_rows(&rows);
         let mut context = vec![0.0f32; h.context_len()];
-        let window_ms = median_ms(runs, || Ok(h.context(&rows, x.valid, &mut context)?))?;
+        let window_ms = median_ms(runs, || {
+            Ok(h.context(&window_rows, x.valid, &mut context)?)
+        })?;
         let question_ms = median_ms(runs, || {
-            h.question(&rows, x.valid, &context, x.question, x.prompt)?;
+            h.question(&question_rows, x.valid, &context, x.question, x.prompt)?;
             Ok(())
         })?;
         eprintln!(
@@ -633,8 +639,14 @@ fn question_side(
         );
         #[cfg(feature = "profile")]
         if let Some(top) = profile {
-            let [s, w, q] =
-                h.profile(x.second(0), &rows, x.valid, &context, x.question, x.prompt)?;
+            let [s, w, q] = h.profile(
+                x.second(0),
+                (&window_rows, &question_rows),
+                x.valid,
+                &context,
+                x.question,
+                x.prompt,
+            )?;
             print_profile(&format!("tspm_second.{precision}"), second_ms, &s, top);
             print_profile(&format!("tspm_window.{precision}"), window_ms, &w, top);
             print_profile(&format!("tspm_question.{precision}"), question_ms, &q, top);

@@ -12,6 +12,14 @@
 //! Composed they compute exactly what the whole head (`tspm_head`) computes; the model build
 //! checks that in onnxruntime and `tests/head.rs` checks it in tract against the whole head's
 //! outputs.
+//!
+//! The window and question parts each read only their own columns of a row — the question
+//! part the row's first [`HeadParts::question_columns`], the window part its last
+//! [`HeadParts::window_columns`] (the widths come from the manifest) — so each run copies only
+//! those into tract: the caller keeps each part's columns of the window's rows contiguous
+//! (`[T × width]`, see [`HeadParts::part_rows`] and the engine's head view).
+
+use std::ops::Range;
 
 use super::head::{HeadInputs, HeadOutputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
 use super::manifest::{Manifest, ModelEntry};
@@ -35,6 +43,8 @@ pub struct HeadParts {
     question: Model,
     seconds: usize,
     row_len: usize,
+    question_columns: Range<usize>,
+    window_columns: Range<usize>,
     context_len: usize,
     answers: usize,
 }
@@ -61,6 +71,8 @@ impl HeadParts {
             });
         }
         let row_len = out_len(s, "packed")?;
+        let question_width = in_len(q, "packed", row_len)?;
+        let window_width = in_len(w, "packed", row_len)?;
         let context_len = out_len(w, "context")?;
         let answers = out_len(q, "logits")?;
         let dims = [("N", 1), ("T", seconds)];
@@ -70,6 +82,8 @@ impl HeadParts {
             question: Model::load_sized(manifest, q, &dims, &[])?,
             seconds,
             row_len,
+            question_columns: 0..question_width,
+            window_columns: row_len - window_width..row_len,
             context_len,
             answers,
         })
@@ -96,6 +110,30 @@ impl HeadParts {
     /// Values in one second's row.
     pub fn row_len(&self) -> usize {
         self.row_len
+    }
+
+    /// The columns of a row the question part reads (the row's first ones).
+    pub fn question_columns(&self) -> Range<usize> {
+        self.question_columns.clone()
+    }
+
+    /// The columns of a row the window part reads (the row's last ones).
+    pub fn window_columns(&self) -> Range<usize> {
+        self.window_columns.clone()
+    }
+
+    /// Each part's columns of `rows` ([T × row]), contiguous: (window rows [T × window
+    /// width], question rows [T × question width]), what [`HeadParts::context`] and
+    /// [`HeadParts::question`] take. For files and checks; the daemon's head view lays them
+    /// out as it fills.
+    pub fn part_rows(&self, rows: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let pick = |cols: &Range<usize>| -> Vec<f32> {
+            rows.chunks_exact(self.row_len)
+                .flat_map(|row| &row[cols.clone()])
+                .copied()
+                .collect()
+        };
+        (pick(&self.window_columns), pick(&self.question_columns))
     }
 
     /// Values in the window's context vector.
@@ -140,7 +178,8 @@ impl HeadParts {
         Ok(())
     }
 
-    /// The window's context from its rows [T × row] and validity [T] → `context`.
+    /// The window's context from the window part's columns of its rows [T × window width]
+    /// and validity [T] → `context`.
     pub fn context(
         &mut self,
         rows: &[f32],
@@ -151,14 +190,15 @@ impl HeadParts {
         self.check_valid(valid)?;
         let t = self.seconds;
         self.window.run_inputs(&[
-            Input::F32(&[1, t, self.row_len], rows),
+            Input::F32(&[1, t, self.window_columns.len()], rows),
             Input::F32(&[1, t], valid),
         ])?;
         context.copy_from_slice(self.window.output_by_name("context")?);
         Ok(())
     }
 
-    /// Answers one question over the window's rows, validity and context.
+    /// Answers one question over the question part's columns of the window's rows [T ×
+    /// question width], the validity and the context.
     pub fn question(
         &mut self,
         rows: &[f32],
@@ -170,7 +210,7 @@ impl HeadParts {
         self.check_valid(valid)?;
         let t = self.seconds;
         self.question.run_inputs(&[
-            Input::F32(&[1, t, self.row_len], rows),
+            Input::F32(&[1, t, self.question_columns.len()], rows),
             Input::F32(&[1, t], valid),
             Input::F32(&[1, self.context_len], context),
             Input::F32(&[1, TEXT_DIM], question),
@@ -197,18 +237,20 @@ impl HeadParts {
 
     /// Profiles the three parts node by node (tract's profiler, `bench --profile`; needs the
     /// `profile` cargo feature): the second part on `second` (audio, visual, patches of one
-    /// second), the window and question parts on these window inputs.
+    /// second), the window and question parts on these window inputs (`rows` as
+    /// [`HeadParts::part_rows`] gives them: window rows, question rows).
     pub fn profile(
         &self,
         second: (&[f32], &[f32], &[f32]),
-        rows: &[f32],
+        rows: (&[f32], &[f32]),
         valid: &[f32],
         context: &[f32],
         question: &[f32],
         prompt: &[f32],
     ) -> Result<[super::Profile; 3], ModelError> {
         let t = self.seconds;
-        let rows = Input::F32(&[1, t, self.row_len], rows);
+        let window_rows = Input::F32(&[1, t, self.window_columns.len()], rows.0);
+        let question_rows = Input::F32(&[1, t, self.question_columns.len()], rows.1);
         let valid = Input::F32(&[1, t], valid);
         let (audio, visual, patches) = second;
         Ok([
@@ -217,9 +259,9 @@ impl HeadParts {
                 Input::F32(&[1, VISUAL_DIM], visual),
                 Input::F32(&[1, MERGED_TOKENS, VISUAL_DIM], patches),
             ])?,
-            self.window.profile_inputs(&[rows, valid])?,
+            self.window.profile_inputs(&[window_rows, valid])?,
             self.question.profile_inputs(&[
-                rows,
+                question_rows,
                 valid,
                 Input::F32(&[1, self.context_len], context),
                 Input::F32(&[1, TEXT_DIM], question),
@@ -250,9 +292,10 @@ impl HeadParts {
                 )?;
             }
         }
+        let (window_rows, question_rows) = self.part_rows(&rows);
         let mut context = vec![0.0f32; self.context_len];
-        self.context(&rows, x.valid, &mut context)?;
-        self.question(&rows, x.valid, &context, x.question, x.prompt)
+        self.context(&window_rows, x.valid, &mut context)?;
+        self.question(&question_rows, x.valid, &context, x.question, x.prompt)
     }
 
     fn check_len(&self, what: &str, got: usize, want: usize) -> Result<(), ModelError> {
@@ -281,6 +324,35 @@ impl HeadParts {
     }
 }
 
+/// The width of `entry`'s input `name` (its last dim): a part's columns of a row of
+/// `row_len` values.
+fn in_len(entry: &ModelEntry, name: &str, row_len: usize) -> Result<usize, ModelError> {
+    let width = entry
+        .inputs
+        .iter()
+        .find(|t| t.name == name)
+        .and_then(|spec| match spec.shape.last() {
+            Some(super::manifest::Dim::Fixed(n)) => Some(*n),
+            _ => None,
+        });
+    match width {
+        Some(w) if w > 0 && w <= row_len => Ok(w),
+        _ => Err(ModelError::Contract {
+            model: entry.id(),
+            tensor: format!("input {name:?}"),
+            expected: format!(
+                "an input named {name:?} whose last dim is 1..={row_len} (columns of the \
+                 per-second part's rows)"
+            ),
+            actual: entry
+                .inputs
+                .iter()
+                .find(|t| t.name == name)
+                .map_or("absent".into(), |t| t.shape_string()),
+        }),
+    }
+}
+
 /// The row length of `entry`'s output `name` (its last dims).
 fn out_len(entry: &ModelEntry, name: &str) -> Result<usize, ModelError> {
     entry
@@ -300,15 +372,16 @@ pub fn time_parts(manifest: &Manifest, precision: &str, seconds: usize) -> Resul
     let mut head = HeadParts::load(manifest, precision, seconds)?;
     let x = super::head::SyntheticWindow::new(seconds);
     head.run(&x.inputs())?;
-    let (rows, valid) = (vec![0.01f32; seconds * head.row_len], vec![1.0f32; seconds]);
+    let valid = vec![1.0f32; seconds];
+    let (window_rows, question_rows) = head.part_rows(&vec![0.01f32; seconds * head.row_len]);
     let q = x.inputs().question.to_vec();
     let mut context = vec![0.0f32; head.context_len];
     let mut times = Vec::new();
     let budget = std::time::Instant::now();
     for _ in 0..7 {
         let t = std::time::Instant::now();
-        head.context(&rows, &valid, &mut context)?;
-        head.question(&rows, &valid, &context, &q, &q)?;
+        head.context(&window_rows, &valid, &mut context)?;
+        head.question(&question_rows, &valid, &context, &q, &q)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         if budget.elapsed().as_secs() >= 3 {
             break;
