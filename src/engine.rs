@@ -45,7 +45,7 @@ use crate::model::text::TextEmbedder;
 use crate::prompts::Question;
 use crate::pts::Pts;
 use crate::segmenter::{SEGMENT_SAMPLES, Segment, Segmenter, SegmenterConfig, SegmenterStats};
-use crate::window::{HeadView, SecondInfo, Window};
+use crate::window::{SecondInfo, Window};
 
 /// Requests the engine queues before `try_send` says busy.
 const REQUEST_QUEUE: usize = 256;
@@ -511,8 +511,8 @@ impl Engine {
         let head_seconds = models.head.seconds();
         let row_len = models.head.row_len();
         let state = State {
-            window: Window::new(settings.window_seconds, row_len),
-            view: HeadView::new(
+            window: Window::new(
+                settings.window_seconds,
                 head_seconds,
                 row_len,
                 models.head.window_columns(),
@@ -681,10 +681,9 @@ struct State {
     inputs: Inputs,
     requests: Receiver<Request>,
     window: Window,
-    view: HeadView,
     /// One second's row from the head's per-second part.
     row: Vec<f32>,
-    /// The head's per-window context, valid for the view of `context_version`.
+    /// The head's per-window context, valid for the window version `context_version`.
     context: Vec<f32>,
     context_version: u64,
     segmenter: Segmenter,
@@ -1085,21 +1084,24 @@ impl State {
         }
         self.embed(question.text(), false)?;
         self.embed(question.prompt(), true)?;
-        self.window.fill(&mut self.view);
         // The window part runs once per window version, whatever the number of questions.
-        if self.context_version != self.view.version {
+        if self.context_version != self.window.version() {
             self.models
                 .head
-                .context(&self.view.window_rows, &self.view.valid, &mut self.context)
+                .context(
+                    self.window.window_rows(),
+                    self.window.valid(),
+                    &mut self.context,
+                )
                 .map_err(|e| AskError::Model(e.to_string()))?;
-            self.context_version = self.view.version;
+            self.context_version = self.window.version();
         }
         let out = self
             .models
             .head
             .question(
-                &self.view.question_rows,
-                &self.view.valid,
+                self.window.question_rows(),
+                self.window.valid(),
                 &self.context,
                 &self.q_emb,
                 &self.p_emb,
@@ -1115,7 +1117,11 @@ impl State {
                 .cloned()
                 .unwrap_or_else(|| format!("#{i}"))
         };
-        let real = self.window.len().min(self.view.seconds()).min(SELECTED);
+        let real = self
+            .window
+            .len()
+            .min(self.window.head_seconds())
+            .min(SELECTED);
         let answer = Answer {
             question: question.text().to_string(),
             template_id: question.template().id(),
@@ -1127,7 +1133,7 @@ impl State {
             selected_seconds: out.selected[..real]
                 .iter()
                 .filter_map(|&s| usize::try_from(s).ok())
-                .filter_map(|s| self.view.index.get(s).copied())
+                .filter_map(|s| self.window.index().get(s).copied())
                 .collect(),
             window: (first, last),
             window_len: self.window.len(),

@@ -17,7 +17,7 @@
 //! part the row's first [`HeadParts::question_columns`], the window part its last
 //! [`HeadParts::window_columns`] (the widths come from the manifest) — so each run copies only
 //! those into tract: the caller keeps each part's columns of the window's rows contiguous
-//! (`[T × width]`, see [`HeadParts::part_rows`] and the engine's head view).
+//! (`[T × width]`, see [`HeadParts::part_rows`] and [`crate::window::Window`]).
 
 use std::ops::Range;
 
@@ -124,8 +124,8 @@ impl HeadParts {
 
     /// Each part's columns of `rows` ([T × row]), contiguous: (window rows [T × window
     /// width], question rows [T × question width]), what [`HeadParts::context`] and
-    /// [`HeadParts::question`] take. For files and checks; the daemon's head view lays them
-    /// out as it fills.
+    /// [`HeadParts::question`] take. For files and checks; the daemon's window keeps them so
+    /// as it adds each second.
     pub fn part_rows(&self, rows: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let pick = |cols: &Range<usize>| -> Vec<f32> {
             rows.chunks_exact(self.row_len)
