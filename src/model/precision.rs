@@ -62,8 +62,9 @@ pub fn choose(
 
 /// Picks the precision of the TSPM head's parts by `choice` (the question part's entry stands
 /// for the three); under `auto`, int8 parts are eligible when the question part's recorded
-/// answer agreement with fp32 reaches `int8_min_agreement`, and both are timed over a window
-/// of `seconds` seconds.
+/// answer agreement with fp32 reaches `int8_min_agreement`, and both are timed as a busy
+/// daemon runs them per new second (the per-second part, the window part and a question over
+/// `seconds` seconds: [`super::head_parts::time_parts`]).
 pub fn choose_head(
     manifest: &Manifest,
     choice: PrecisionChoice,
@@ -82,7 +83,8 @@ pub fn choose_head(
     };
     use super::head_parts::{QUESTION_PART, time_parts};
     let timer = |m: &Manifest, e: &ModelEntry| time_parts(m, &e.precision, seconds);
-    let key = format!("{QUESTION_PART}@T{seconds}");
+    // "+second": the timing covers the per-second part too (verdicts timed without it re-time).
+    let key = format!("{QUESTION_PART}+second@T{seconds}");
     choose_by(manifest, QUESTION_PART, &key, choice, gate, timer)
 }
 
