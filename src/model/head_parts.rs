@@ -327,16 +327,9 @@ impl HeadParts {
 /// The width of `entry`'s input `name` (its last dim): a part's columns of a row of
 /// `row_len` values.
 fn in_len(entry: &ModelEntry, name: &str, row_len: usize) -> Result<usize, ModelError> {
-    let width = entry
-        .inputs
-        .iter()
-        .find(|t| t.name == name)
-        .and_then(|spec| match spec.shape.last() {
-            Some(super::manifest::Dim::Fixed(n)) => Some(*n),
-            _ => None,
-        });
-    match width {
-        Some(w) if w > 0 && w <= row_len => Ok(w),
+    let spec = entry.inputs.iter().find(|t| t.name == name);
+    match spec.and_then(|spec| spec.shape.last()) {
+        Some(&super::manifest::Dim::Fixed(w)) if w > 0 && w <= row_len => Ok(w),
         _ => Err(ModelError::Contract {
             model: entry.id(),
             tensor: format!("input {name:?}"),
@@ -344,11 +337,7 @@ fn in_len(entry: &ModelEntry, name: &str, row_len: usize) -> Result<usize, Model
                 "an input named {name:?} whose last dim is 1..={row_len} (columns of the \
                  per-second part's rows)"
             ),
-            actual: entry
-                .inputs
-                .iter()
-                .find(|t| t.name == name)
-                .map_or("absent".into(), |t| t.shape_string()),
+            actual: spec.map_or("absent".into(), |t| t.shape_string()),
         }),
     }
 }
