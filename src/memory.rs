@@ -40,6 +40,23 @@ pub fn limit_arenas(arenas: i32) -> bool {
     }
 }
 
+/// Bytes the program holds allocated on the heap right now (jemalloc's `stats.allocated`,
+/// refreshed here): unlike the resident set, it does not move with the pages an allocator
+/// keeps or returns, so a leak shows in it within a few segments. `None` without the
+/// `jemalloc` feature, or where jemalloc is linked but is not the global allocator (a
+/// library test: it then counts nothing).
+pub fn heap_allocated() -> Option<u64> {
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        let bytes = stats::allocated::read().ok()?;
+        (bytes > 0).then_some(bytes as u64)
+    }
+    #[cfg(not(feature = "jemalloc"))]
+    None
+}
+
 /// Returns free heap pages to the kernel (glibc `malloc_trim(0)`); a no-op elsewhere.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

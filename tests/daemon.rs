@@ -105,7 +105,7 @@ impl Daemon {
     }
 
     /// Polls status until `pred` holds (or panics with the last status after `secs`).
-    fn wait_for(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    fn wait_for(&self, secs: u64, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + scaled(secs);
         loop {
             let s = self.status();
@@ -504,28 +504,68 @@ fn memory_stays_flat_over_many_windows_of_accelerated_segments() {
         (40, 250)
     };
     let d = Daemon::start(&extra, &["--accelerated"]);
-    let early = d.wait_for(120, "4 windows of segments", |s| {
+    d.wait_for(120, "4 windows of segments", |s| {
         s["segments"].as_u64() >= Some(first)
     });
-    let late = d.wait_for(600, "25 windows of segments", |s| {
-        s["segments"].as_u64() >= Some(last)
+    // RSS and the heap swing with the segment in flight and with the pages jemalloc has not
+    // yet returned (2 s decay), so each phase is judged by its peak over many polls, not by
+    // one reading: the early phase over the next third of the run, the late one over the last.
+    let span = (last - first) / 3;
+    let mid = first + span;
+    let (mut early, mut late) = ((0, 0), (0, 0));
+    let end = d.wait_for(600, "25 windows of segments", |s| {
+        let n = s["segments"].as_u64().unwrap_or(0);
+        let now = (
+            s["rss_kb"].as_u64().unwrap_or(0),
+            s["heap_kb"].as_u64().unwrap_or(0),
+        );
+        let phase = if n < mid {
+            Some(&mut early)
+        } else if n + span >= last {
+            Some(&mut late)
+        } else {
+            None
+        };
+        if let Some(p) = phase {
+            *p = (p.0.max(now.0), p.1.max(now.1));
+        }
+        n >= last
     });
-    let (a, b) = (
-        early["rss_kb"].as_u64().unwrap(),
-        late["rss_kb"].as_u64().unwrap(),
-    );
     eprintln!(
-        "RSS {a} kB after {} segments, {b} kB after {}",
-        early["segments"], late["segments"]
+        "peak RSS {} kB, heap {} kB over segments {first}-{mid}; {} kB, heap {} kB up to {}",
+        early.0, early.1, late.0, late.1, end["segments"]
     );
-    // A leak of one frame or one feature row per segment would add ≥ 40 MB over 210
-    // segments; allocator noise stays far below 8 MB.
     if !util::emulated() {
-        assert!(b <= a + 8 * 1024, "RSS grew from {a} kB to {b} kB");
+        // A leak of one feature row (41 kB) per segment adds 5.6 MB to the heap between the
+        // phases (140 segments apart), one frame (600 kB) 80 MB; what is in flight varies by
+        // well under 2 MB.
+        if cfg!(feature = "jemalloc") {
+            // The models alone are tens of MB: a missing or zero figure is a broken probe.
+            assert!(
+                early.1 > 10 * 1024,
+                "heap_kb missing or too small: {early:?}"
+            );
+            assert!(
+                late.1 <= early.1 + 2 * 1024,
+                "heap grew from {} kB to {} kB",
+                early.1,
+                late.1
+            );
+        }
+        // RSS also holds the pages jemalloc keeps (and glibc's, for GStreamer's buffers),
+        // which vary by machine (here the phases' peaks differ by up to 5 MB; a CI machine
+        // saw 11 MB between two single readings). A leaked video frame
+        // in the C libraries (900 kB at 640x480) would add 120 MB.
+        assert!(
+            late.0 <= early.0 + 16 * 1024,
+            "RSS grew from {} kB to {} kB",
+            early.0,
+            late.0
+        );
     }
-    assert_eq!(late["window"]["filled_s"], 10);
+    assert_eq!(end["window"]["filled_s"], 10);
     assert_eq!(
-        late["dropped"]["audio_chunks"], 0,
+        end["dropped"]["audio_chunks"], 0,
         "accelerated capture waits, it does not drop"
     );
     // Capture is blocked on a full queue here; a stop must not wait for it (or encode it).

@@ -383,6 +383,7 @@ pub fn status(s: &Status) -> Value {
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "rss_kb": rss_kb(),
+        "heap_kb": crate::memory::heap_allocated().map(|b| b / 1024),
         "uptime_s": round3(s.uptime.as_secs_f64()),
         "segments": s.segments,
         "segment_errors": s.segment_errors,

@@ -269,8 +269,12 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         let segments = s["segments"].as_u64().unwrap_or(0);
         if segments >= next {
             let rss = s["rss_kb"].as_u64().unwrap_or(0);
+            // The heap's live bytes (jemalloc builds): a leak shows here before RSS.
+            let heap = s["heap_kb"].as_u64().map_or_else(String::new, |h| {
+                format!("  heap {:>6.1} MB", h as f64 / 1024.0)
+            });
             println!(
-                "{segments:>6} segments  RSS {:>7.1} MB  ({:.0} s, {:.1} ms/segment)",
+                "{segments:>6} segments  RSS {:>7.1} MB{heap}  ({:.0} s, {:.1} ms/segment)",
                 rss as f64 / 1024.0,
                 t0.elapsed().as_secs_f64(),
                 s["segment_ms"]["mean"].as_f64().unwrap_or(0.0)
