@@ -8,7 +8,7 @@ DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_second.fp32.onnx    per second:  audio [N,1024], visual [N,1280], patches [N,14,1280]
                            -> packed [N,F]            (F = 20*512 + 14 = 10254)
   tspm_window.fp32.onnx    per window:  packed [N,T,7168] (the rows' last 14*512 values),
-                           valid [N,T] -> context [N,1024]
+                           valid [N,T] -> context [N,512] (the fusion layer's window share)
   tspm_question.fp32.onnx  per question: packed [N,T,3598] (the rows' first 7*512 + 14),
                            valid, context, question [N,384],
                            prompt [N,384] -> logits, temporal_weights, selected, spm_attention
@@ -82,10 +82,10 @@ PARTS = {
         doc="per second: the question-independent part of the TSPM head for one second"),
     "tspm_window": dict(
         inputs=[("packed", ["N", "T", FW]), ("valid", ["N", "T"])],
-        outputs=[("context", ["N", 2 * H])],
+        outputs=[("context", ["N", H])],
         doc="per window: the AV layer over all seconds and its means over the valid ones"),
     "tspm_question": dict(
-        inputs=[("packed", ["N", "T", FQ]), ("valid", ["N", "T"]), ("context", ["N", 2 * H]),
+        inputs=[("packed", ["N", "T", FQ]), ("valid", ["N", "T"]), ("context", ["N", H]),
                 ("question", ["N", 384]), ("prompt", ["N", 384])],
         outputs=[("logits", ["N", "A"]), ("temporal_weights", ["N", "T"]),
                  ("selected", ["N", 10]), ("spm_attention", ["N", 10, N_TOK])],

@@ -54,9 +54,13 @@ def _key(w):
 
 
 def linear_weights(model):
-    """{weight key: Linear module name} of the head."""
-    return {_key(m.weight.detach().numpy()): name for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+    """{weight key: Linear module name} of the head, and of the matrices the parts derive
+    from its Linears (tspm_parts.derived_weights: the fusion layer's column blocks)."""
+    out = {_key(m.weight.detach().numpy()): name for name, m in model.named_modules()
+           if isinstance(m, torch.nn.Linear)}
+    for name, ws in tspm_parts.derived_weights(model).items():
+        out.update({_key(w.numpy()): name for w in ws})
+    return out
 
 
 def whole_head_recipe(model, example):
@@ -283,7 +287,7 @@ class TestSet:
 
 def run_clip(s, x):
     """One clip through three part sessions, as the runtime runs them: -> (rows [t_real, F],
-    context [1, 2H], question outputs for the clip's n questions)."""
+    context [1, H], question outputs for the clip's n questions)."""
     rows = s["tspm_second"].run(None, {"audio": x["audio"], "visual": x["visual"],
                                        "patches": x["patches"]})[0]
     t = x["valid"].shape[1]

@@ -208,17 +208,6 @@ def attend_qkv(attn, q_proj, k_proj, v_proj, key_mask):
     return attn.o(out), w.mean(dim=1)
 
 
-def av_layer_projected(layer, x, proj, key_mask):
-    """AVLayer.forward (eval) with the six input projections precomputed:
-    proj = (cross.q(x), cross.k(other), cross.v(other), self_attn.q(x), self_attn.k(x),
-    self_attn.v(x))."""
-    cq, ck, cv, sq, sk, sv = proj
-    c, _ = attend_qkv(layer.cross, cq, ck, cv, key_mask)
-    s, _ = attend_qkv(layer.self_attn, sq, sk, sv, key_mask)
-    x = layer.ln1(x + c + s)
-    return layer.ln2(x + layer.ffn(x))
-
-
 def query_block_projected(block, q, k_proj, v_proj, key_mask):
     """QueryBlock.forward with projected keys / values."""
     a, _ = attend_projected(block.attn, q, k_proj, v_proj, key_mask)

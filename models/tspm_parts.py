@@ -11,10 +11,12 @@ Most of the head's work does not depend on the question:
   part). Output: one packed row of F values.
 - **window** (once per window version, whatever the number of questions): the AV layer's
   attention over all seconds from the precomputed projections, its output projections, FFN
-  and norms, and its means over the valid seconds. Output: the context [2H].
+  and norms, its means over the valid seconds, and those means' share of the fusion layer
+  (FUSE_CONTEXT_BLOCKS). Output: the context [H].
 - **question** (per question): the prompt's TPM attention over the precomputed keys, the top-k
   selection, the QTG attention of the question over the selected seconds' precomputed keys and
-  values, and the fusion / answer MLP.
+  values (the question projected once for both sets, query_blocks), and the fusion layer's
+  other blocks plus the context, then the answer MLP.
 
 Composed, the parts compute exactly TSPMHead.forward (same weights, same masking rules; checked
 by models/export_head_parts.py to float rounding). Values in the rows of invalid seconds never
@@ -43,9 +45,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from tspm import (NEG_INF, av_layer_projected, gather_rows, masked_mean, query_block_projected,
-                  select_masked, split_heads)
+from tspm import NEG_INF, gather_rows, masked_mean, select_masked, split_heads
 
 N_SLOTS = 20  # H-wide slots in a packed row (plus the N_TOK SPM weights)
 Q_SLOTS = 7  # the question part's H-wide slots (tpm_k .. qtg_vs, then a after the SPM weights)
@@ -53,7 +55,8 @@ W_SLOTS = 14  # the window part's: a, v and the AV layer's 12 projections
 
 
 def av_projections(av, x, other):
-    """The six input projections av_layer_projected takes for x querying other."""
+    """The six input projections of the AV layer for x querying other: cross.q(x),
+    cross.k(other), cross.v(other), self_attn.q(x), self_attn.k(x), self_attn.v(x)."""
     return [av.cross.q(x), av.cross.k(other), av.cross.v(other),
             av.self_attn.q(x), av.self_attn.k(x), av.self_attn.v(x)]
 
@@ -83,6 +86,69 @@ def window_rows(packed, h):
     return out if isinstance(out, torch.Tensor) else out.copy()
 
 
+# The fusion layer `fuse` reads tanh of six H-wide blocks: [a_q, ctx_a, mean_a, v_q, ctx_v,
+# mean_v]. Its output is the sum of each block's slice of the weight applied to that block, so
+# the two context blocks (the same for every question) are applied once per window, in the
+# window part, and the question part applies only the other four.
+FUSE_CONTEXT_BLOCKS = (1, 4)
+FUSE_QUESTION_BLOCKS = (0, 2, 3, 5)
+
+
+def fuse_columns(head, blocks):
+    """The columns of fuse.weight [H, 6H] that read `blocks`, as one [H, len(blocks) * H]."""
+    hid = head.proj_audio.out_features
+    w = head.fuse.weight.detach()
+    return torch.cat([w[:, b * hid:(b + 1) * hid] for b in blocks], dim=1).contiguous()
+
+
+def derived_weights(head):
+    """{name: weight [out, in]} of the matrices the parts apply that are not a Linear of the
+    head: the fusion layer's column blocks (models/quantize_parts.py identifies weight
+    MatMuls by their matrix)."""
+    return {"fuse": [fuse_columns(head, FUSE_CONTEXT_BLOCKS),
+                     fuse_columns(head, FUSE_QUESTION_BLOCKS)]}
+
+
+def rows2d(f, x):
+    """f applied to x [..., H] as one 2-D [rows, H] input: one matmul over every row (tract
+    splits a batched 3-D matmul with a shared weight into one per batch entry, which reads the
+    weight once per entry)."""
+    y = f(x.reshape(-1, x.shape[-1]))
+    return y.reshape(x.shape[:-1] + y.shape[-1:])
+
+
+def attend_qkv_rows(attn, q_proj, k_proj, v_proj, key_mask):
+    """tspm.attend_qkv's values, the output projection as one 2-D matmul over all rows."""
+    q = split_heads(q_proj * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores = torch.where(key_mask[:, None, None, :], scores,
+                         torch.tensor(NEG_INF, dtype=scores.dtype))
+    out = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+    return rows2d(attn.o, out.reshape(out.shape[0], -1, attn.heads * attn.d))
+
+
+def query_blocks(block, q, kvs, key_mask):
+    """QueryBlock.forward of the same query q [N,H] over several (keys, values) pairs [N,L,H]
+    with projected keys / values: the query's projection once, then each pair. Returns one
+    [N,H] per pair (query_block_projected's values). The pairs are not stacked into one 2-D
+    run: tract splits a 2-row fp32 matmul back into two matrix-vector products anyway, and
+    runs a 2-row int8 one as a padded matrix product (on a Cortex-A72 the question part took
+    4.2 M instructions stacked, 2.3 M in fp32)."""
+    attn = block.attn
+    qp = split_heads((attn.q(q) * (1.0 / math.sqrt(attn.d))).unsqueeze(1), attn)
+    out = []
+    for k_proj, v_proj in kvs:
+        kh, vh = split_heads(k_proj, attn), split_heads(v_proj, attn)
+        scores = torch.matmul(qp, kh.transpose(-1, -2))
+        scores = torch.where(key_mask[:, None, None, :], scores,
+                             torch.tensor(NEG_INF, dtype=scores.dtype))
+        o = torch.matmul(torch.softmax(scores, dim=-1), vh).transpose(1, 2)
+        x = q + attn.o(o.reshape(q.shape[0], attn.heads * attn.d))
+        out.append(block.ln(x + block.ffn(x)))
+    return out
+
+
 class SecondPart(nn.Module):
     """audio [N,Da], visual [N,Dv], patches [N,N_TOK,Dp] -> packed [N,F]."""
 
@@ -106,12 +172,13 @@ class SecondPart(nn.Module):
 
 
 class WindowPart(nn.Module):
-    """packed [N,T,W] (window_rows: a, v, the AV projections), valid [N,T] -> context [N,2H]
-    (means of the AV layer's outputs)."""
+    """packed [N,T,W] (window_rows: a, v, the AV projections), valid [N,T] -> context [N,H]
+    (the fusion layer's share of the AV layer's means over the valid seconds, bias included)."""
 
     def __init__(self, head):
         super().__init__()
         self.h = head
+        self.register_buffer("w_ctx", fuse_columns(head, FUSE_CONTEXT_BLOCKS), persistent=False)
 
     def forward(self, packed, valid):
         m = self.h
@@ -124,20 +191,29 @@ class WindowPart(nn.Module):
         # audio queries, then visual queries): half the nodes, twice the rows per matmul.
         two = lambda x, y: torch.cat([x, y], dim=0)  # noqa: E731
         x = two(slot(0), slot(1))
-        proj = [two(slot(2 + i), slot(8 + i)) for i in range(6)]
-        out = av_layer_projected(m.av, x, proj, two(mk, mk))
+        cq, ck, cv, sq, sk, sv = [two(slot(2 + i), slot(8 + i)) for i in range(6)]
+        # AVLayer.forward with the per-second projections given (eval: no dropout); the
+        # output projections, FFN and norms as 2-D matmuls over all 2N x T rows.
+        av, km = m.av, two(mk, mk)
+        c = attend_qkv_rows(av.cross, cq, ck, cv, km)
+        s = attend_qkv_rows(av.self_attn, sq, sk, sv, km)
+        y = rows2d(av.ln1, x + c + s)
+        out = rows2d(lambda r: av.ln2(r + av.ffn(r)), y)
         means = masked_mean(out, two(mf, mf))  # [2N,H]
-        return torch.cat([means[:n], means[n:]], dim=-1)
+        # The fusion layer's context blocks (tanh, then their weight columns, plus its bias).
+        ctx = torch.tanh(torch.cat([means[:n], means[n:]], dim=-1))
+        return F.linear(ctx, self.w_ctx, m.fuse.bias)
 
 
 class QuestionPart(nn.Module):
-    """packed [N,T,Q] (question_rows), valid [N,T], context [N,2H], question [N,Dq],
-    prompt [N,Dp] -> logits [N,A], temporal_weights [N,T], selected [N,k] int64,
-    spm_attention [N,k,N_TOK] (the outputs of TSPMHead.forward)."""
+    """packed [N,T,Q] (question_rows), valid [N,T], context [N,H] (the window part's),
+    question [N,Dq], prompt [N,Dp] -> logits [N,A], temporal_weights [N,T], selected [N,k]
+    int64, spm_attention [N,k,N_TOK] (the outputs of TSPMHead.forward)."""
 
     def __init__(self, head):
         super().__init__()
         self.h = head
+        self.register_buffer("w_q", fuse_columns(head, FUSE_QUESTION_BLOCKS), persistent=False)
 
     def forward(self, packed, valid, context, question, prompt):
         m = self.h
@@ -146,7 +222,6 @@ class QuestionPart(nn.Module):
         slot = lambda x, i: x[..., i * hid:(i + 1) * hid]  # noqa: E731
 
         q1 = m.proj_question(question)
-        q = q1.unsqueeze(1)
         p = m.proj_prompt(prompt).unsqueeze(1)
         # TPM: the prompt over the precomputed keys; head-averaged weights rank the seconds.
         attn = m.tpm.attn
@@ -165,11 +240,12 @@ class QuestionPart(nn.Module):
         n_tok = rows.shape[-1] - spm - hid
         a_k, v_sp = rows[..., spm + n_tok:], slot(rows, 1)
         spm_attention = rows[..., spm:spm + n_tok]
-        a_q = query_block_projected(m.qtg, q, slot(rows, 2), slot(rows, 3), sel_ok)
-        v_q = query_block_projected(m.qtg, q, slot(rows, 4), slot(rows, 5), sel_ok)
-        f = torch.cat([a_q[:, 0], context[:, :hid], masked_mean(a_k, sv),
-                       v_q[:, 0], context[:, hid:], masked_mean(v_sp, sv)], dim=-1)
-        f = m.fuse(torch.tanh(f))
+        # QTG: the question over the selected seconds' audio, then their SPM outputs.
+        a_q, v_q = query_blocks(m.qtg, q1, [(slot(rows, 2), slot(rows, 3)),
+                                            (slot(rows, 4), slot(rows, 5))], sel_ok)
+        # The fusion layer: this question's four blocks; the window part added the rest.
+        f = torch.cat([a_q, masked_mean(a_k, sv), v_q, masked_mean(v_sp, sv)], dim=-1)
+        f = F.linear(torch.tanh(f), self.w_q) + context
         f = f * q1
         logits = m.answer(torch.tanh(f))
         return logits, w, sel, spm_attention

@@ -5,7 +5,8 @@
 //!   that second (projections, the spatial attention over its merged tokens, keys and values
 //!   for the question attention), packed into one row of [`HeadParts::row_len`] values;
 //! - `tspm_window`, once per window version: the audio-visual attention over all seconds,
-//!   reduced to a context vector;
+//!   reduced to a context vector (the AV means' share of the answer MLP's fusion layer, the
+//!   same for every question);
 //! - `tspm_question`, per question: the prompt's temporal attention over the precomputed keys,
 //!   the top-k selection, the question's attention over the selected seconds and the answer.
 //!
