@@ -6,13 +6,14 @@ Most of the head's work does not depend on the question:
   only that second — the input projections, the SPM (token self-attention, then the second's
   audio querying its merged tokens), the TPM keys of the visual feature, the QTG key / value
   projections of the second's audio and SPM output, and the AV layer's query / key / value
-  projections of the second's audio and visual (12 of the AV layer's 20 matmuls over a window;
-  doing them once per second instead of once per window version per second halves the window
-  part). Output: one packed row of F values.
+  projections of the second's audio and visual, the values with their attention's output
+  projection folded in (value_output). Of the AV layer's 20 weight matmuls over a window, 12
+  run once per second instead of once per window version per second, 4 are folded away, and
+  the window part keeps the FFN's 4. Output: one packed row of F values.
 - **window** (once per window version, whatever the number of questions): the AV layer's
-  attention over all seconds from the precomputed projections, its output projections, FFN
-  and norms, its means over the valid seconds, and those means' share of the fusion layer
-  (FUSE_CONTEXT_BLOCKS). Output: the context [H].
+  attention over all seconds from the precomputed projections, its FFN and norms, its means
+  over the valid seconds, and those means' share of the fusion layer (FUSE_CONTEXT_BLOCKS).
+  Output: the context [H].
 - **question** (per question): the prompt's TPM attention over the precomputed keys, the top-k
   selection, the QTG attention of the question over the selected seconds' precomputed keys and
   values (the question projected once for both sets, query_blocks), and the fusion layer's
@@ -34,7 +35,8 @@ Packed row layout (H = 512, N_TOK = 14, F = 20H + 14 = 10254), in order:
     a        proj_audio(audio)                                    [6H+14, 7H+14)
     v        proj_visual(visual)
     the AV layer's projections for the audio queries: av.cross.q(a), av.cross.k(v),
-             av.cross.v(v), av.self_attn.q(a), av.self_attn.k(a), av.self_attn.v(a)
+             av.cross.o(av.cross.v(v)), av.self_attn.q(a), av.self_attn.k(a),
+             av.self_attn.o(av.self_attn.v(a))
     the same for the visual queries (a and v swapped)             ends at F
 The question part reads the row's first Q_WIDTH = 7H + 14 values (tpm_k .. a), the window part
 its last W_WIDTH = 14H (a .. the end): each part is given only its own columns, so the runtime
@@ -54,11 +56,36 @@ Q_SLOTS = 7  # the question part's H-wide slots (tpm_k .. qtg_vs, then a after t
 W_SLOTS = 14  # the window part's: a, v and the AV layer's 12 projections
 
 
-def av_projections(av, x, other):
+def value_output(attn):
+    """(weight [H,H], bias [H]) of attn.o applied after attn.v, as one Linear: o(v(x)) =
+    x (Wo Wv)^T + (Wo bv + bo), computed in float64. For a one-head attention, o(P v(X)) =
+    P o(v(X)) whenever the weights P of each query sum to 1 (a softmax over at least one usable
+    key), so storing o(v(x)) per second (or per token) removes the output projection from the
+    part that attends: two [2T, H] x [H, H] matmuls per window version, one [14, H] x [H, H] per
+    second."""
+    assert attn.heads == 1, "the output projection commutes with the attention only for 1 head"
+    wo, bo = attn.o.weight.detach().double(), attn.o.bias.detach().double()
+    wv, bv = attn.v.weight.detach().double(), attn.v.bias.detach().double()
+    return (wo @ wv).float().contiguous(), (wo @ bv + bo).float().contiguous()
+
+
+# The one-head attentions whose output projection runs folded into their values (value_output):
+# the AV layer's two (per second, in the packed row) and the SPM token self-attention.
+VALUE_OUTPUT = ("av.cross", "av.self_attn", "spm_self.attn")
+
+
+def value_outputs(head):
+    """{attention module name: value_output(attention)} for VALUE_OUTPUT."""
+    mods = dict(head.named_modules())
+    return {name: value_output(mods[name]) for name in VALUE_OUTPUT}
+
+
+def av_projections(av, x, other, vo):
     """The six input projections of the AV layer for x querying other: cross.q(x),
-    cross.k(other), cross.v(other), self_attn.q(x), self_attn.k(x), self_attn.v(x)."""
-    return [av.cross.q(x), av.cross.k(other), av.cross.v(other),
-            av.self_attn.q(x), av.self_attn.k(x), av.self_attn.v(x)]
+    cross.k(other), cross.o(cross.v(other)), self_attn.q(x), self_attn.k(x),
+    self_attn.o(self_attn.v(x)); vo: value_outputs of the head (the folded value Linears)."""
+    return [av.cross.q(x), av.cross.k(other), F.linear(other, *vo["av.cross"]),
+            av.self_attn.q(x), av.self_attn.k(x), F.linear(x, *vo["av.self_attn"])]
 
 
 def row_len(h, n_tok):
@@ -103,10 +130,14 @@ def fuse_columns(head, blocks):
 
 def derived_weights(head):
     """{name: weight [out, in]} of the matrices the parts apply that are not a Linear of the
-    head: the fusion layer's column blocks (models/quantize_parts.py identifies weight
-    MatMuls by their matrix)."""
-    return {"fuse": [fuse_columns(head, FUSE_CONTEXT_BLOCKS),
-                     fuse_columns(head, FUSE_QUESTION_BLOCKS)]}
+    head: the fusion layer's column blocks, and the value Linears with their attention's output
+    projection folded in (named for the value Linear: its quantisation recipe applies).
+    models/quantize_parts.py identifies weight MatMuls by their matrix."""
+    out = {"fuse": [fuse_columns(head, FUSE_CONTEXT_BLOCKS),
+                    fuse_columns(head, FUSE_QUESTION_BLOCKS)]}
+    for name, (w, _) in value_outputs(head).items():
+        out[name + ".v"] = [w]
+    return out
 
 
 def rows2d(f, x):
@@ -117,15 +148,29 @@ def rows2d(f, x):
     return y.reshape(x.shape[:-1] + y.shape[-1:])
 
 
-def attend_qkv_rows(attn, q_proj, k_proj, v_proj, key_mask):
-    """tspm.attend_qkv's values, the output projection as one 2-D matmul over all rows."""
+def attend_folded_rows(attn, q_proj, k_proj, vo_proj, key_mask):
+    """tspm.attend_qkv's output from projected queries / keys and value_output projections
+    (one head: the attention weights applied to o(v(x)) give o of the attended values), as
+    [..., T, H] rows."""
     q = split_heads(q_proj * (1.0 / math.sqrt(attn.d)), attn)
-    k, v = split_heads(k_proj, attn), split_heads(v_proj, attn)
+    k, vo = split_heads(k_proj, attn), split_heads(vo_proj, attn)
     scores = torch.matmul(q, k.transpose(-1, -2))
     scores = torch.where(key_mask[:, None, None, :], scores,
                          torch.tensor(NEG_INF, dtype=scores.dtype))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
-    return rows2d(attn.o, out.reshape(out.shape[0], -1, attn.heads * attn.d))
+    out = torch.matmul(torch.softmax(scores, dim=-1), vo).transpose(1, 2)
+    return out.reshape(out.shape[0], -1, attn.heads * attn.d)
+
+
+def self_block_folded(block, x, vo):
+    """SelfBlock.forward (eval) with its attention's output projection folded into the values
+    (vo = value_output(block.attn)); no mask: a frame's tokens are all real."""
+    attn = block.attn
+    q = split_heads(attn.q(x) * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = split_heads(attn.k(x), attn), split_heads(F.linear(x, *vo), attn)
+    a = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
+    a = a.transpose(1, 2).reshape(x.shape[0], -1, attn.heads * attn.d)
+    x = block.ln1(x + a)
+    return block.ln2(x + block.ffn(x))
 
 
 def query_blocks(block, q, kvs, key_mask):
@@ -155,19 +200,20 @@ class SecondPart(nn.Module):
     def __init__(self, head):
         super().__init__()
         self.h = head
+        self.vo = value_outputs(head)
 
     def forward(self, audio, visual, patches):
-        m = self.h
+        m, vo = self.h, self.vo
         hid = m.proj_audio.out_features
         a = m.proj_audio(audio)  # [N,H]
         v = m.proj_visual(visual)
         tpm_k = m.tpm.attn.k(v)
-        tok = m.spm_self(m.proj_patch(patches))  # [N,N_TOK,H]
+        tok = self_block_folded(m.spm_self, m.proj_patch(patches), vo["spm_self.attn"])
         v_sp, w_sp = m.spm_cross(a.reshape(-1, 1, hid), tok)  # [N,1,H], [N,1,N_TOK]
         v_sp = v_sp[:, 0]
         qa = m.qtg.attn
         return torch.cat([tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp), w_sp[:, 0],
-                          a, v] + av_projections(m.av, a, v) + av_projections(m.av, v, a),
+                          a, v] + av_projections(m.av, a, v, vo) + av_projections(m.av, v, a, vo),
                          dim=-1)
 
 
@@ -192,13 +238,15 @@ class WindowPart(nn.Module):
         two = lambda x, y: torch.cat([x, y], dim=0)  # noqa: E731
         x = two(slot(0), slot(1))
         cq, ck, cv, sq, sk, sv = [two(slot(2 + i), slot(8 + i)) for i in range(6)]
-        # AVLayer.forward with the per-second projections given (eval: no dropout); the
-        # output projections, FFN and norms as 2-D matmuls over all 2N x T rows.
+        # AVLayer.forward with the per-second projections given (eval: no dropout). The FFN's
+        # matmuls run 2-D over all 2N x T rows (rows2d); the LayerNorms stay 3-D: tract 0.23.9
+        # runs an ONNX LayerNormalization on 2-D rows through its generic broadcasting path
+        # (its scale and bias get non-contiguous strides there), 0.17 vs 0.06 ms on [120, 512].
         av, km = m.av, two(mk, mk)
-        c = attend_qkv_rows(av.cross, cq, ck, cv, km)
-        s = attend_qkv_rows(av.self_attn, sq, sk, sv, km)
-        y = rows2d(av.ln1, x + c + s)
-        out = rows2d(lambda r: av.ln2(r + av.ffn(r)), y)
+        c = attend_folded_rows(av.cross, cq, ck, cv, km)
+        s = attend_folded_rows(av.self_attn, sq, sk, sv, km)
+        y = av.ln1(x + c + s)
+        out = av.ln2(y + rows2d(av.ffn, y))
         means = masked_mean(out, two(mf, mf))  # [2N,H]
         # The fusion layer's context blocks (tanh, then their weight columns, plus its bias).
         ctx = torch.tanh(torch.cat([means[:n], means[n:]], dim=-1))
