@@ -46,6 +46,31 @@ fn yamnet_fp32_matches_the_golden_embedding() {
     assert!(max_logit <= 1e-4, "logits max abs diff {max_logit}");
 }
 
+/// A plan in half precision (tract's `f32_to_f16` transform, as `bench --transform` applies
+/// it) still takes and gives f32: the model layer converts at the boundary of each run. On the
+/// golden patch f16 YAMNet stays close to Google's embedding (f16 keeps ~3 decimal digits).
+#[test]
+fn a_half_precision_plan_takes_and_gives_f32() {
+    let patch: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/logmel_patch_96x64.npy")).unwrap();
+    let want: ndarray::Array1<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    let m = manifest();
+    let entry = m.find("yamnet", "fp32").unwrap();
+    let mut model = Model::load_with(&m, entry, 1, &["f32_to_f16".to_string()]).unwrap();
+    let data: Vec<f32> = patch.iter().copied().collect();
+    model.run(&[(&[1, 1, 96, 64], &data)]).unwrap();
+    let emb = model.output_by_name("embedding").unwrap();
+    assert_eq!(emb.len(), 1024);
+    let dot: f32 = emb.iter().zip(want.iter()).map(|(a, b)| a * b).sum();
+    let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+    let cos = dot / (norm(&mut emb.iter().copied()) * norm(&mut want.iter().copied()));
+    assert!(
+        cos >= 0.999,
+        "f16 YAMNet embedding cosine to the golden {cos}"
+    );
+}
+
 /// The log-mel front end and YAMNet together, from the golden waveform.
 #[test]
 fn waveform_to_embedding_matches_the_golden() {

@@ -261,6 +261,9 @@ pub struct Model {
     runnable: Runnable,
     state: State,
     outputs: Vec<Tensor>,
+    /// Whether the plan runs in half precision (the `f32_to_f16` transform): its f32 inputs
+    /// and outputs are then f16 inside tract, converted at the boundary of each run.
+    half: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -386,6 +389,12 @@ impl Model {
                 .with_context(|| format!("applying tract transform {t:?}"))
                 .map_err(load_err)?;
         }
+        // `f32_to_f16` turns the f32 inputs and outputs into f16 as well; callers keep
+        // handing in and reading f32.
+        let half = model
+            .input_facts()
+            .map_err(load_err)?
+            .any(|f| f.datum_type().is_ok_and(|dt| dt == DatumType::F16));
         let runnable = model.into_runnable().map_err(load_err)?;
         let state = runnable.spawn_state().map_err(load_err)?;
         tracing::debug!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
@@ -395,6 +404,7 @@ impl Model {
             runnable,
             state,
             outputs: Vec::new(),
+            half,
         })
     }
 
@@ -458,16 +468,34 @@ impl Model {
                     },
                 });
             }
-            tensors.push(input.to_tensor().map_err(|source| ModelError::Run {
+            let tensor = self.tensor_for(*input).map_err(|source| ModelError::Run {
                 model: id(),
                 source,
-            })?);
+            })?;
+            tensors.push(tensor);
         }
-        self.outputs = self.state.run(tensors).map_err(|source| ModelError::Run {
+        let run_err = |source| ModelError::Run {
             model: id(),
             source,
-        })?;
+        };
+        self.outputs = self.state.run(tensors).map_err(run_err)?;
+        if self.half {
+            for t in &mut self.outputs {
+                if t.datum_type().map_err(run_err)? == DatumType::F16 {
+                    *t = t.convert_to(DatumType::F32).map_err(run_err)?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The tract tensor for one input: a copy of the data, in f16 for a half-precision plan.
+    fn tensor_for(&self, input: Input<'_>) -> anyhow::Result<Tensor> {
+        let tensor = input.to_tensor()?;
+        match input {
+            Input::F32(..) if self.half => tensor.convert_to(DatumType::F16),
+            _ => Ok(tensor),
+        }
     }
 
     /// Output `index` of the last run, as a flat i64 slice (e.g. selected indices).
@@ -551,7 +579,7 @@ impl Model {
         };
         let tensors = inputs
             .iter()
-            .map(|input| input.to_tensor())
+            .map(|input| self.tensor_for(*input))
             .collect::<Result<Vec<_>, _>>()
             .map_err(run_err)?;
         let json = self.runnable.profile_json(Some(tensors)).map_err(run_err)?;
