@@ -6,8 +6,8 @@ composed, they give the whole head's outputs, and build their int8 variants.
 
 DIR defaults to $TSPM_MODEL_DIR, else ~/.cache/tspm-edge/models. Writes there:
   tspm_second.fp32.onnx    per second:  audio [N,1024], visual [N,1280], patches [N,14,1280]
-                           -> packed [N,F]            (F = 20*512 + 14 = 10254)
-  tspm_window.fp32.onnx    per window:  packed [N,T,7168] (the rows' last 14*512 values),
+                           -> packed [N,F]            (F = 16*512 + 14 = 8206)
+  tspm_window.fp32.onnx    per window:  packed [N,T,5120] (the rows' last 10*512 values),
                            valid [N,T] -> context [N,512] (the fusion layer's window share)
   tspm_question.fp32.onnx  per question: packed [N,T,3598] (the rows' first 7*512 + 14),
                            valid, context, question [N,384],
@@ -26,8 +26,9 @@ exists, else the untrained seed head).
 
 Checks (exit status 1 if one fails, and then no int8 entry is written):
   fp32: the parts composed in PyTorch equal TSPMHead.forward, and the three ONNX files composed
-    in onnxruntime match PyTorch's whole head to <= 1e-4 on the logits with the same selected
-    seconds, at T = 10, 30 and 60 with all, some and fewer than k valid seconds.
+    in onnxruntime match PyTorch's whole head to <= 1e-4 on the logits and the SPM attention
+    with the same selected seconds, at T = 10, 30 and 60 with all, some and fewer than k valid
+    seconds.
   int8: calibrated on the 24 windows of real features build_int8 calibrates the whole head on,
     passed through the fp32 parts for each later part's inputs. The three int8 parts composed in
     onnxruntime must give the fp32 parts' answer (top-1) on >= 99 % of the held-out test
@@ -424,7 +425,10 @@ def main():
             same = bool(np.array_equal(ref[2], got[2]) and np.array_equal(ref[2], comp[2]))
             d_w = float(np.abs(ref[1] - got[1]).max())
             d_s = float(np.abs(ref[3] - got[3]).max())
-            good = d_torch <= 1e-5 and d_ort <= 1e-4 and same and d_w <= 1e-5 and d_s <= 1e-5
+            # The SPM attention (probabilities) to 1e-4 like the logits: the per-second part
+            # scores its tokens with the key projection folded into the query
+            # (tspm_parts.query_key), a different summation order (up to 1.0e-5 here).
+            good = d_torch <= 1e-5 and d_ort <= 1e-4 and same and d_w <= 1e-5 and d_s <= 1e-4
             ok &= good
             worst = max(worst, d_ort)
             rows.append(dict(T=tt, valid=name, torch_parts=d_torch, ort_parts=d_ort,

@@ -5,11 +5,12 @@ Most of the head's work does not depend on the question:
 - **second** (once per one-second segment, when it enters the window): everything that reads
   only that second — the input projections, the SPM (token self-attention, then the second's
   audio querying its merged tokens), the TPM keys of the visual feature, the QTG key / value
-  projections of the second's audio and SPM output, and the AV layer's query / key / value
-  projections of the second's audio and visual, the values with their attention's output
-  projection folded in (value_output). Of the AV layer's 20 weight matmuls over a window, 12
-  run once per second instead of once per window version per second, 4 are folded away, and
-  the window part keeps the FFN's 4. Output: one packed row of F values.
+  projections of the second's audio and SPM output, and the AV layer's query and value
+  projections of the second's audio and visual, with each one-head attention's key projection
+  folded into its query (query_key) and its output projection into its value (value_output).
+  Of the AV layer's 20 weight matmuls over a window, 8 run once per second instead of once per
+  window version per second, 8 are folded away, and the window part keeps the FFN's 4.
+  Output: one packed row of F values.
 - **window** (once per window version, whatever the number of questions): the AV layer's
   attention over all seconds from the precomputed projections, its FFN and norms, its means
   over the valid seconds, and those means' share of the fusion layer (FUSE_CONTEXT_BLOCKS).
@@ -24,7 +25,7 @@ by models/export_head_parts.py to float rounding). Values in the rows of invalid
 reach an output (they are masked keys, excluded from the means, never selected), so the runtime
 may leave zeros there.
 
-Packed row layout (H = 512, N_TOK = 14, F = 20H + 14 = 10254), in order:
+Packed row layout (H = 512, N_TOK = 14, F = 16H + 14 = 8206), in order:
     tpm_k    tpm.attn.k(v)                                        [0, H)
     v_sp     SPM output (spm_cross(a, spm_self(proj_patch(patches))))
     qtg_ka   qtg.attn.k(a)
@@ -34,12 +35,12 @@ Packed row layout (H = 512, N_TOK = 14, F = 20H + 14 = 10254), in order:
     spm_w    the SPM attention of the second's audio over its 14 merged tokens
     a        proj_audio(audio)                                    [6H+14, 7H+14)
     v        proj_visual(visual)
-    the AV layer's projections for the audio queries: av.cross.q(a), av.cross.k(v),
-             av.cross.o(av.cross.v(v)), av.self_attn.q(a), av.self_attn.k(a),
-             av.self_attn.o(av.self_attn.v(a))
+    the AV layer's folded projections for the audio queries: query_key(av.cross)(a),
+             value_output(av.cross)(v), query_key(av.self_attn)(a),
+             value_output(av.self_attn)(a) (the keys are a and v themselves)
     the same for the visual queries (a and v swapped)             ends at F
 The question part reads the row's first Q_WIDTH = 7H + 14 values (tpm_k .. a), the window part
-its last W_WIDTH = 14H (a .. the end): each part is given only its own columns, so the runtime
+its last W_WIDTH = 10H (a .. the end): each part is given only its own columns, so the runtime
 copies less into each run (the two ranges share `a`).
 """
 
@@ -51,9 +52,9 @@ import torch.nn.functional as F
 
 from tspm import NEG_INF, gather_rows, masked_mean, select_masked, split_heads
 
-N_SLOTS = 20  # H-wide slots in a packed row (plus the N_TOK SPM weights)
+N_SLOTS = 16  # H-wide slots in a packed row (plus the N_TOK SPM weights)
 Q_SLOTS = 7  # the question part's H-wide slots (tpm_k .. qtg_vs, then a after the SPM weights)
-W_SLOTS = 14  # the window part's: a, v and the AV layer's 12 projections
+W_SLOTS = 10  # the window part's: a, v and the AV layer's 8 folded projections
 
 
 def value_output(attn):
@@ -69,23 +70,54 @@ def value_output(attn):
     return (wo @ wv).float().contiguous(), (wo @ bv + bo).float().contiguous()
 
 
-# The one-head attentions whose output projection runs folded into their values (value_output):
-# the AV layer's two (per second, in the packed row) and the SPM token self-attention.
-VALUE_OUTPUT = ("av.cross", "av.self_attn", "spm_self.attn")
+def query_key(attn):
+    """(weight [H,H], bias [H]) of attn.q followed by the key projection's transpose, as one
+    Linear: q(x) Wk = x (Wk^T Wq)^T + Wk^T bq, computed in float64. For one head,
+    q(x_i) . k(y_j) = (q(x_i) Wk) . y_j + q(x_i) . bk, and the last term is the same for every
+    key j of query i, which a softmax over j cancels: the attention's weights come from this
+    folded query and the raw key inputs, so no key projection runs at all."""
+    assert attn.heads == 1, "the key projection folds into the query only for 1 head"
+    wq, bq = attn.q.weight.detach().double(), attn.q.bias.detach().double()
+    wk = attn.k.weight.detach().double()
+    return (wk.T @ wq).float().contiguous(), (wk.T @ bq).float().contiguous()
 
 
-def value_outputs(head):
-    """{attention module name: value_output(attention)} for VALUE_OUTPUT."""
+# The one-head attentions whose output projection runs folded into their values (value_output)
+# and whose key projection runs folded into their queries (query_key): the AV layer's two (per
+# second, in the packed row) and the SPM token self-attention.
+FOLDED = ("av.cross", "av.self_attn", "spm_self.attn")
+
+
+def folded(head):
+    """{attention module name: {"qk": query_key(attention), "vo": value_output(attention)}}
+    for FOLDED."""
     mods = dict(head.named_modules())
-    return {name: value_output(mods[name]) for name in VALUE_OUTPUT}
+    return {name: {"qk": query_key(mods[name]), "vo": value_output(mods[name])}
+            for name in FOLDED}
 
 
-def av_projections(av, x, other, vo):
-    """The six input projections of the AV layer for x querying other: cross.q(x),
-    cross.k(other), cross.o(cross.v(other)), self_attn.q(x), self_attn.k(x),
-    self_attn.o(self_attn.v(x)); vo: value_outputs of the head (the folded value Linears)."""
-    return [av.cross.q(x), av.cross.k(other), F.linear(other, *vo["av.cross"]),
-            av.self_attn.q(x), av.self_attn.k(x), F.linear(x, *vo["av.self_attn"])]
+def folded_linears(head):
+    """folded(head) as Linear modules, keyed "<attention>.qk" / "<attention>.vo" with the dots
+    as "_" (ModuleDict keys): as parameters they export as initializers, which
+    models/quantize_parts.py recognises as weights (a tensor computed in forward would export
+    as a Constant node and stay float)."""
+    out = nn.ModuleDict()
+    for name, f in folded(head).items():
+        for kind, (w, b) in f.items():
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+            out[f"{name}.{kind}".replace(".", "_")] = lin.requires_grad_(False)
+    return out
+
+
+def av_projections(x, other, fl):
+    """The AV layer's folded projections for x querying other (fl: folded_linears(head)): the
+    cross attention's query-key of x and value-output of other, the self attention's of x. The
+    keys are the raw inputs (other, x), which the row already holds."""
+    return [fl["av_cross_qk"](x), fl["av_cross_vo"](other),
+            fl["av_self_attn_qk"](x), fl["av_self_attn_vo"](x)]
 
 
 def row_len(h, n_tok):
@@ -130,13 +162,15 @@ def fuse_columns(head, blocks):
 
 def derived_weights(head):
     """{name: weight [out, in]} of the matrices the parts apply that are not a Linear of the
-    head: the fusion layer's column blocks, and the value Linears with their attention's output
-    projection folded in (named for the value Linear: its quantisation recipe applies).
+    head: the fusion layer's column blocks, the query Linears with their attention's key
+    projection folded in and the value Linears with its output projection folded in (named for
+    the query / value Linear: its quantisation recipe applies).
     models/quantize_parts.py identifies weight MatMuls by their matrix."""
     out = {"fuse": [fuse_columns(head, FUSE_CONTEXT_BLOCKS),
                     fuse_columns(head, FUSE_QUESTION_BLOCKS)]}
-    for name, (w, _) in value_outputs(head).items():
-        out[name + ".v"] = [w]
+    for name, f in folded(head).items():
+        out[name + ".q"] = [f["qk"][0]]
+        out[name + ".v"] = [f["vo"][0]]
     return out
 
 
@@ -148,12 +182,12 @@ def rows2d(f, x):
     return y.reshape(x.shape[:-1] + y.shape[-1:])
 
 
-def attend_folded_rows(attn, q_proj, k_proj, vo_proj, key_mask):
-    """tspm.attend_qkv's output from projected queries / keys and value_output projections
-    (one head: the attention weights applied to o(v(x)) give o of the attended values), as
-    [..., T, H] rows."""
-    q = split_heads(q_proj * (1.0 / math.sqrt(attn.d)), attn)
-    k, vo = split_heads(k_proj, attn), split_heads(vo_proj, attn)
+def attend_folded_rows(attn, qk_proj, keys, vo_proj, key_mask):
+    """tspm.attend_qkv's output from query_key projections of the queries, the raw key inputs
+    and value_output projections (one head: see query_key and value_output), as [..., T, H]
+    rows."""
+    q = split_heads(qk_proj * (1.0 / math.sqrt(attn.d)), attn)
+    k, vo = split_heads(keys, attn), split_heads(vo_proj, attn)
     scores = torch.matmul(q, k.transpose(-1, -2))
     scores = torch.where(key_mask[:, None, None, :], scores,
                          torch.tensor(NEG_INF, dtype=scores.dtype))
@@ -161,12 +195,13 @@ def attend_folded_rows(attn, q_proj, k_proj, vo_proj, key_mask):
     return out.reshape(out.shape[0], -1, attn.heads * attn.d)
 
 
-def self_block_folded(block, x, vo):
-    """SelfBlock.forward (eval) with its attention's output projection folded into the values
-    (vo = value_output(block.attn)); no mask: a frame's tokens are all real."""
+def self_block_folded(block, x, qk, vo):
+    """SelfBlock.forward (eval) with its attention's key projection folded into the queries
+    (qk) and its output projection into the values (vo: folded_linears of spm_self.attn); no
+    mask: a frame's tokens are all real."""
     attn = block.attn
-    q = split_heads(attn.q(x) * (1.0 / math.sqrt(attn.d)), attn)
-    k, v = split_heads(attn.k(x), attn), split_heads(F.linear(x, *vo), attn)
+    q = split_heads(qk(x) * (1.0 / math.sqrt(attn.d)), attn)
+    k, v = split_heads(x, attn), split_heads(vo(x), attn)
     a = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
     a = a.transpose(1, 2).reshape(x.shape[0], -1, attn.heads * attn.d)
     x = block.ln1(x + a)
@@ -200,20 +235,21 @@ class SecondPart(nn.Module):
     def __init__(self, head):
         super().__init__()
         self.h = head
-        self.vo = value_outputs(head)
+        self.fl = folded_linears(head)
 
     def forward(self, audio, visual, patches):
-        m, vo = self.h, self.vo
+        m, fl = self.h, self.fl
         hid = m.proj_audio.out_features
         a = m.proj_audio(audio)  # [N,H]
         v = m.proj_visual(visual)
         tpm_k = m.tpm.attn.k(v)
-        tok = self_block_folded(m.spm_self, m.proj_patch(patches), vo["spm_self.attn"])
+        tok = self_block_folded(m.spm_self, m.proj_patch(patches), fl["spm_self_attn_qk"],
+                                fl["spm_self_attn_vo"])
         v_sp, w_sp = m.spm_cross(a.reshape(-1, 1, hid), tok)  # [N,1,H], [N,1,N_TOK]
         v_sp = v_sp[:, 0]
         qa = m.qtg.attn
         return torch.cat([tpm_k, v_sp, qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp), w_sp[:, 0],
-                          a, v] + av_projections(m.av, a, v, vo) + av_projections(m.av, v, a, vo),
+                          a, v] + av_projections(a, v, fl) + av_projections(v, a, fl),
                          dim=-1)
 
 
@@ -237,14 +273,15 @@ class WindowPart(nn.Module):
         # audio queries, then visual queries): half the nodes, twice the rows per matmul.
         two = lambda x, y: torch.cat([x, y], dim=0)  # noqa: E731
         x = two(slot(0), slot(1))
-        cq, ck, cv, sq, sk, sv = [two(slot(2 + i), slot(8 + i)) for i in range(6)]
+        other = two(slot(1), slot(0))  # the cross attention's keys
+        cq, cv, sq, sv = [two(slot(2 + i), slot(6 + i)) for i in range(4)]
         # AVLayer.forward with the per-second projections given (eval: no dropout). The FFN's
         # matmuls run 2-D over all 2N x T rows (rows2d); the LayerNorms stay 3-D: tract 0.23.9
         # runs an ONNX LayerNormalization on 2-D rows through its generic broadcasting path
         # (its scale and bias get non-contiguous strides there), 0.17 vs 0.06 ms on [120, 512].
         av, km = m.av, two(mk, mk)
-        c = attend_folded_rows(av.cross, cq, ck, cv, km)
-        s = attend_folded_rows(av.self_attn, sq, sk, sv, km)
+        c = attend_folded_rows(av.cross, cq, other, cv, km)
+        s = attend_folded_rows(av.self_attn, sq, x, sv, km)
         y = av.ln1(x + c + s)
         out = av.ln2(y + rows2d(av.ffn, y))
         means = masked_mean(out, two(mf, mf))  # [2N,H]

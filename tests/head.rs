@@ -230,7 +230,11 @@ fn head_parts_check_their_inputs() {
     assert!(err.contains("at least 10 seconds"), "{err}");
     let mut head = HeadParts::load(&manifest, "fp32", 10).unwrap();
     let n = head.row_len();
-    assert_eq!(n, 20 * 512 + 14);
+    assert_eq!(
+        n,
+        16 * 512 + 14,
+        "models/tspm_parts.py: 16 slots of H = 512, the 14 SPM weights"
+    );
     let mut row = vec![0.0f32; n - 1];
     let err = head
         .second(&[0.0; 1024], &[0.0; 1280], &[0.0; 14 * 1280], &mut row)
@@ -241,15 +245,15 @@ fn head_parts_check_their_inputs() {
         "{err}"
     );
     // Each part reads its own columns: the question part the row's first 7 x 512 + 14, the
-    // window part its last 14 x 512 (models/tspm_parts.py).
+    // window part its last 10 x 512 (models/tspm_parts.py).
     assert_eq!(head.question_columns(), 0..7 * 512 + 14);
-    assert_eq!(head.window_columns(), n - 14 * 512..n);
+    assert_eq!(head.window_columns(), n - 10 * 512..n);
     let rows: Vec<f32> = (0..10 * n).map(|i| (i % n) as f32).collect();
     let (window_rows, question_rows) = head.part_rows(&rows);
-    assert_eq!(window_rows.len(), 10 * 14 * 512);
+    assert_eq!(window_rows.len(), 10 * 10 * 512);
     assert_eq!(question_rows.len(), 10 * (7 * 512 + 14));
-    assert_eq!(window_rows[0], (n - 14 * 512) as f32);
-    assert_eq!(window_rows[14 * 512 - 1], (n - 1) as f32);
+    assert_eq!(window_rows[0], (n - 10 * 512) as f32);
+    assert_eq!(window_rows[10 * 512 - 1], (n - 1) as f32);
     assert_eq!(
         question_rows[7 * 512 + 14],
         0.0,

@@ -7,10 +7,10 @@ use crate::util::alloc::allocations_during;
 
 #[test]
 fn window_push_allocates_nothing() {
-    // Rows as long as the head's per-second part gives (20 x 512 + 14), split as the head's
+    // Rows as long as the head's per-second part gives (16 x 512 + 14), split as the head's
     // parts read them.
-    let mut window = Window::new(60, 60, 10_254, 10_254 - 7_168..10_254, 0..3_598);
-    let row = vec![0.5f32; 10_254];
+    let mut window = Window::new(60, 60, 8_206, 8_206 - 5_120..8_206, 0..3_598);
+    let row = vec![0.5f32; 8_206];
     // Fill the window and then keep it full (each push shifts it) for a while.
     let (allocs, ()) = allocations_during(|| {
         for index in 0..200 {
