@@ -79,6 +79,15 @@ pub enum PrecisionChoice {
 }
 
 impl PrecisionChoice {
+    /// The configuration value (`"auto"`, `"fp32"`, `"int8"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        }
+    }
+
     fn parse(key: &'static str, value: &str) -> Result<Self, ConfigError> {
         match value {
             "auto" => Ok(Self::Auto),

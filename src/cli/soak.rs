@@ -3,7 +3,7 @@
 //! real-time rate, and RSS over an accelerated run of many windows.
 //!
 //! It starts `serve` (this same executable) as a child process with a generated config in a
-//! temporary directory, talks to it over the real socket and reads systemd's notify protocol
+//! temporary directory (the model directory and the three precisions of its own config), talks to it over the real socket and reads systemd's notify protocol
 //! from a datagram socket of its own, so what it prints is what a deployment sees.
 
 use std::os::unix::net::UnixDatagram;
@@ -78,8 +78,13 @@ fn spawn(
     std::fs::write(
         &config,
         format!(
-            "[models]\ndir = {:?}\n[window]\nseconds = {window_s}\n[api]\nsocket = {:?}\nmax_clients = 64\n{extra}",
+            "[models]\ndir = {:?}\naudio_precision = {:?}\nvisual_precision = {:?}\n\
+             head_precision = {:?}\n[window]\nseconds = {window_s}\n[api]\nsocket = {:?}\n\
+             max_clients = 64\n{extra}",
             cfg.models.dir.display().to_string(),
+            cfg.models.audio_precision.as_str(),
+            cfg.models.visual_precision.as_str(),
+            cfg.models.head_precision.as_str(),
             socket.display().to_string()
         ),
     )?;
