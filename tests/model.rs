@@ -18,17 +18,21 @@ fn load(name: &str, precision: &str) -> Model {
     Model::load(&m, entry, 1).unwrap()
 }
 
+/// The golden log-mel patch (flattened [96, 64]) and Google's YAMNet embedding of it.
+fn golden_patch_and_embedding() -> (Vec<f32>, ndarray::Array1<f32>) {
+    let patch: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(util::golden("yamnet/logmel_patch_96x64.npy")).unwrap();
+    let emb = ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    (patch.iter().copied().collect(), emb)
+}
+
 /// tract's fp32 YAMNet on the golden patch gives Google's embedding and logits to 1e-4.
 #[test]
 fn yamnet_fp32_matches_the_golden_embedding() {
-    let patch: ndarray::Array2<f32> =
-        ndarray_npy::read_npy(util::golden("yamnet/logmel_patch_96x64.npy")).unwrap();
-    let want_emb: ndarray::Array1<f32> =
-        ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    let (data, want_emb) = golden_patch_and_embedding();
     let want_logits: ndarray::Array1<f32> =
         ndarray_npy::read_npy(util::golden("yamnet/yamnet_logits_521.npy")).unwrap();
     let mut model = load("yamnet", "fp32");
-    let data: Vec<f32> = patch.iter().copied().collect();
     model.run(&[(&[1, 1, 96, 64], &data)]).unwrap();
     let emb = model.output_by_name("embedding").unwrap();
     let logits = model.output_by_name("logits").unwrap();
@@ -51,14 +55,10 @@ fn yamnet_fp32_matches_the_golden_embedding() {
 /// golden patch f16 YAMNet stays close to Google's embedding (f16 keeps ~3 decimal digits).
 #[test]
 fn a_half_precision_plan_takes_and_gives_f32() {
-    let patch: ndarray::Array2<f32> =
-        ndarray_npy::read_npy(util::golden("yamnet/logmel_patch_96x64.npy")).unwrap();
-    let want: ndarray::Array1<f32> =
-        ndarray_npy::read_npy(util::golden("yamnet/yamnet_embedding_1024.npy")).unwrap();
+    let (data, want) = golden_patch_and_embedding();
     let m = manifest();
     let entry = m.find("yamnet", "fp32").unwrap();
     let mut model = Model::load_with(&m, entry, 1, &["f32_to_f16".to_string()]).unwrap();
-    let data: Vec<f32> = patch.iter().copied().collect();
     model.run(&[(&[1, 1, 96, 64], &data)]).unwrap();
     let emb = model.output_by_name("embedding").unwrap();
     assert_eq!(emb.len(), 1024);

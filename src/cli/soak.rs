@@ -3,8 +3,9 @@
 //! real-time rate, and RSS over an accelerated run of many windows.
 //!
 //! It starts `serve` (this same executable) as a child process with a generated config in a
-//! temporary directory (the model directory and the three precisions of its own config), talks to it over the real socket and reads systemd's notify protocol
-//! from a datagram socket of its own, so what it prints is what a deployment sees.
+//! temporary directory (the model directory and the three precisions of its own config), talks
+//! to it over the real socket and reads systemd's notify protocol from a datagram socket of its
+//! own, so what it prints is what a deployment sees.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

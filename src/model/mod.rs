@@ -443,6 +443,10 @@ impl Model {
                 actual: vec![inputs.len()],
             });
         }
+        let run_err = |source| ModelError::Run {
+            model: id(),
+            source,
+        };
         let mut tensors = Vec::with_capacity(inputs.len());
         for (spec, input) in self.entry.inputs.iter().zip(inputs) {
             let expected = concrete_dims(spec, &self.dims, &id())?;
@@ -468,16 +472,8 @@ impl Model {
                     },
                 });
             }
-            let tensor = self.tensor_for(*input).map_err(|source| ModelError::Run {
-                model: id(),
-                source,
-            })?;
-            tensors.push(tensor);
+            tensors.push(self.tensor_for(*input).map_err(run_err)?);
         }
-        let run_err = |source| ModelError::Run {
-            model: id(),
-            source,
-        };
         self.outputs = self.state.run(tensors).map_err(run_err)?;
         if self.half {
             for t in &mut self.outputs {
