@@ -55,6 +55,11 @@ from tspm import NEG_INF, gather_rows, masked_mean, select_masked, split_heads
 N_SLOTS = 16  # H-wide slots in a packed row (plus the N_TOK SPM weights)
 Q_SLOTS = 7  # the question part's H-wide slots (tpm_k .. qtg_vs, then a after the SPM weights)
 W_SLOTS = 10  # the window part's: a, v and the AV layer's 8 folded projections
+# The window part's softmax rows are padded to a multiple of this many keys (masked, so the
+# weights are unchanged): tract 0.23.9 has no whole-row softmax kernel on x86, and its per-row
+# kernels run a row's tail past the last full 16 lanes separately: a [2,1,60,60] Softmax took
+# 0.090 ms, padded to [2,1,60,64] 0.035 (bench --profile, fp32 window part 2.02 -> 1.91 ms).
+KEY_ALIGN = 16
 
 
 def value_output(attn):
@@ -191,7 +196,11 @@ def attend_folded_rows(attn, qk_proj, keys, vo_proj, key_mask):
     scores = torch.matmul(q, k.transpose(-1, -2))
     scores = torch.where(key_mask[:, None, None, :], scores,
                          torch.tensor(NEG_INF, dtype=scores.dtype))
-    out = torch.matmul(torch.softmax(scores, dim=-1), vo).transpose(1, 2)
+    t = scores.shape[-1]  # traced: tract folds the pad to a constant for its T
+    pad = (KEY_ALIGN - t % KEY_ALIGN) % KEY_ALIGN
+    scores = F.pad(scores, (0, pad), value=NEG_INF)
+    probs = torch.softmax(scores, dim=-1)[..., :t]
+    out = torch.matmul(probs, vo).transpose(1, 2)
     return out.reshape(out.shape[0], -1, attn.heads * attn.d)
 
 
