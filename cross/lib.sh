@@ -125,14 +125,15 @@ board_rustflags() {
 # Precision per board: "audio visual head" for models.audio_precision, visual_precision and
 # head_precision, decided by aarch64 instructions per inference under qemu (cross/icount.sh,
 # table in cross/README.md, "Precision on the boards"), not by timing: under qemu `auto` times
-# the emulator. Encoders fp32 everywhere (tract's int8 costs 6.5-8.2x fp32); the head's int8
-# parts cost 0.45-0.55x fp32 per second / window with the dot product (Pi 5; Orin's A78AE has
-# it too) and 1.24-1.28x without (Pi 4). The generic package runs on both, so its head stays
-# "auto" (on a board `auto` times the board's own CPU). armv7: not counted, all "auto".
+# the emulator; by the rule `auto` applies (models.auto_fp32_min_speedup = 1.5: int8 unless
+# fp32 is at least 1.5x as fast). Encoders fp32 everywhere (tract's int8 costs 6.5-8.2x fp32);
+# the head int8 everywhere: its int8 parts cost 0.45-0.55x fp32 per second / window with the
+# dot product (Pi 5; Orin's A78AE has it too) and 1.24-1.28x without (Pi 4), and hold half
+# the memory. The generic package's head stays "auto" (on a board `auto` times the board's own
+# CPU, which a count does not show). armv7: not counted, all "auto".
 board_precision() {
   case "$1/$2" in
-    aarch64/pi4) echo "fp32 fp32 fp32" ;;
-    aarch64/pi5|aarch64/orin) echo "fp32 fp32 int8" ;;
+    aarch64/pi4|aarch64/pi5|aarch64/orin) echo "fp32 fp32 int8" ;;
     aarch64/*) echo "fp32 fp32 auto" ;;
     *) echo "auto auto auto" ;;
   esac

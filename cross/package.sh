@@ -188,8 +188,9 @@ EOF
 # int8 EfficientNet-Lite0 8.1-8.2x, on the Pi 4 and the Pi 5 alike.' \
               -e '/^head_precision = /i\
 # The package leaves the head on "auto": by the same count its int8 parts cost about half of\
-# fp32 with the dot product (Pi 5, Jetson Orin) and a quarter more without it (Pi 4). Set\
-# "int8" on a Pi 5 / Orin or "fp32" on a Pi 4 to skip the one-off timing at the first start.'
+# fp32 with the dot product (Pi 5, Jetson Orin) and a quarter more without it (Pi 4), which\
+# is below auto_fp32_min_speedup: "auto" is expected to take int8 (half the memory) on all\
+# of them. Set "int8" to skip the one-off timing at the first start.'
         else cat; fi
   } > "$out"
   local want

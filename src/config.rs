@@ -143,6 +143,9 @@ pub struct ModelsConfig {
     pub head_precision: PrecisionChoice,
     /// Minimum int8-vs-fp32 answer agreement for an int8 head to be eligible under `auto`.
     pub int8_min_agreement: f32,
+    /// Under `auto`, fp32 is taken over an eligible int8 variant only when it runs at least
+    /// this many times as fast (≥ 1; 1 = the faster variant).
+    pub auto_fp32_min_speedup: f32,
     /// Where question and prompt embeddings come from.
     pub text: TextChoice,
 }
@@ -315,6 +318,7 @@ struct RawModels {
     int8_min_cosine: f64,
     head_precision: String,
     int8_min_agreement: f64,
+    auto_fp32_min_speedup: f64,
     text: String,
 }
 
@@ -396,6 +400,13 @@ impl Config {
                     expected: "a number between 0 and 1",
                 });
             }
+            if !(1.0..=1000.0).contains(&m.auto_fp32_min_speedup) {
+                return Err(ConfigError::Invalid {
+                    key: "models.auto_fp32_min_speedup",
+                    value: m.auto_fp32_min_speedup.to_string(),
+                    expected: "a number from 1 to 1000 (1 = auto takes the faster variant)",
+                });
+            }
             ModelsConfig {
                 dir,
                 audio_precision: PrecisionChoice::parse(
@@ -409,6 +420,7 @@ impl Config {
                 int8_min_cosine: m.int8_min_cosine as f32,
                 head_precision: PrecisionChoice::parse("models.head_precision", &m.head_precision)?,
                 int8_min_agreement: m.int8_min_agreement as f32,
+                auto_fp32_min_speedup: m.auto_fp32_min_speedup as f32,
                 text: TextChoice::parse("models.text", &m.text)?,
             }
         };
@@ -672,6 +684,7 @@ mod tests {
         assert_eq!(cfg.models.audio_precision, PrecisionChoice::Auto);
         assert_eq!(cfg.capture.video_fps, 2);
         assert_eq!(cfg.capture.max_video_side_px, Some(640));
+        assert_eq!(cfg.models.auto_fp32_min_speedup, 1.5);
     }
 
     #[test]
@@ -709,6 +722,10 @@ mod tests {
             (
                 "[models]\nint8_min_cosine = 2.0\n",
                 "models.int8_min_cosine",
+            ),
+            (
+                "[models]\nauto_fp32_min_speedup = 0.5\n",
+                "models.auto_fp32_min_speedup",
             ),
         ] {
             let msg = Config::from_toml_str(text, "t").unwrap_err().to_string();

@@ -107,6 +107,7 @@ impl Models {
             &manifest,
             cfg.models.head_precision,
             cfg.models.int8_min_agreement,
+            cfg.models.auto_fp32_min_speedup,
             head_seconds,
         )
         .context("loading the TSPM head")?;

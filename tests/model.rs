@@ -239,16 +239,16 @@ fn precision_choice_follows_config_and_accuracy_gate() {
     use tspm_edge::config::PrecisionChoice;
     use tspm_edge::model::precision::choose;
     let m = manifest();
-    let fixed = choose(&m, "yamnet", PrecisionChoice::Int8, 0.98).unwrap();
+    let fixed = choose(&m, "yamnet", PrecisionChoice::Int8, 0.98, 1.5).unwrap();
     assert_eq!(fixed.entry.precision, "int8");
-    let fixed = choose(&m, "yamnet", PrecisionChoice::Fp32, 0.98).unwrap();
+    let fixed = choose(&m, "yamnet", PrecisionChoice::Fp32, 0.98, 1.5).unwrap();
     assert_eq!(fixed.entry.precision, "fp32");
     // An int8 model below the required cosine is never picked by auto, and the reason says so.
-    let gated = choose(&m, "efficientnet_lite0", PrecisionChoice::Auto, 0.9999).unwrap();
+    let gated = choose(&m, "efficientnet_lite0", PrecisionChoice::Auto, 0.9999, 1.5).unwrap();
     assert_eq!(gated.entry.precision, "fp32");
     assert!(gated.reason.contains("below"), "{}", gated.reason);
     // An unknown model is an error naming it.
-    let err = choose(&m, "vggish", PrecisionChoice::Fp32, 0.98).unwrap_err();
+    let err = choose(&m, "vggish", PrecisionChoice::Fp32, 0.98, 1.5).unwrap_err();
     assert!(err.to_string().contains("vggish"), "{err}");
 }
 
@@ -263,20 +263,67 @@ fn auto_precision_is_measured_once_and_cached() {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let m = Manifest::load(tmp.path()).unwrap();
-    let first = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98).unwrap();
+    let first = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.5).unwrap();
     assert!(first.reason.contains("ms"), "{}", first.reason);
     let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
     assert!(
-        cache.contains("[yamnet]") && cache.contains("fp32_ms"),
+        cache.contains("[yamnet]") && cache.contains("fp32_ms") && cache.contains("int8_ms"),
         "{cache}"
     );
     // Tamper with the cached timings: a second choice must read them instead of re-timing.
-    let flipped = if first.entry.precision == "int8" {
-        cache.replace("chosen = \"int8\"", "chosen = \"fp32\"")
-    } else {
-        cache.replace("chosen = \"fp32\"", "chosen = \"int8\"")
+    let timing = |key: &str, ms: f64| {
+        let line = cache.lines().find(|l| l.starts_with(key)).unwrap();
+        cache.replace(line, &format!("{key} = {ms}"))
     };
-    std::fs::write(tmp.path().join(CACHE_FILE), flipped).unwrap();
-    let second = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98).unwrap();
+    let fast = if first.entry.precision == "int8" {
+        "fp32_ms"
+    } else {
+        "int8_ms"
+    };
+    std::fs::write(tmp.path().join(CACHE_FILE), timing(fast, 1e-3)).unwrap();
+    let second = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.5).unwrap();
     assert_ne!(second.entry.precision, first.entry.precision);
+}
+
+/// `auto` takes fp32 over an eligible int8 variant only when fp32 is at least
+/// `auto_fp32_min_speedup` times as fast (int8 holds half the memory), and says why.
+#[test]
+fn auto_takes_int8_unless_fp32_is_enough_faster() {
+    use tspm_edge::config::PrecisionChoice;
+    use tspm_edge::model::precision::{CACHE_FILE, choose};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = util::model_dir();
+    for f in ["manifest.toml", "yamnet.fp32.onnx", "yamnet.int8.onnx"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let m = Manifest::load(tmp.path()).unwrap();
+    choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.0).unwrap();
+    // Known timings: fp32 2 ms, int8 5 ms (fp32 2.5x as fast).
+    let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
+    let cache: String = cache
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("fp32_ms") => "fp32_ms = 2.0".to_string(),
+            l if l.starts_with("int8_ms") => "int8_ms = 5.0".to_string(),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(tmp.path().join(CACHE_FILE), cache).unwrap();
+    for (min_speedup, expected) in [(1.0, "fp32"), (2.5, "fp32"), (2.6, "int8"), (100.0, "int8")] {
+        let c = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, min_speedup).unwrap();
+        assert_eq!(
+            c.entry.precision, expected,
+            "min speed-up {min_speedup}: {}",
+            c.reason
+        );
+        assert!(
+            c.reason.contains("2.50x") && c.reason.contains("auto_fp32_min_speedup"),
+            "{}",
+            c.reason
+        );
+    }
+    // The accuracy gate still comes first: an int8 variant below it is never taken.
+    let gated = choose(&m, "yamnet", PrecisionChoice::Auto, 1.0, 100.0).unwrap();
+    assert_eq!(gated.entry.precision, "fp32", "{}", gated.reason);
 }

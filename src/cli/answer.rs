@@ -91,6 +91,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         &manifest,
         cfg.models.head_precision,
         cfg.models.int8_min_agreement,
+        cfg.models.auto_fp32_min_speedup,
         seconds,
     )?;
     tracing::info!(head = %head.id(), reason = %chosen.reason, "answer head chosen");

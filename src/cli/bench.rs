@@ -661,6 +661,7 @@ fn question_side(
         manifest,
         cfg.models.head_precision,
         cfg.models.int8_min_agreement,
+        cfg.models.auto_fp32_min_speedup,
         seconds,
     )?;
     Ok(QuestionSide {

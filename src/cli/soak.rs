@@ -3,9 +3,9 @@
 //! real-time rate, and RSS over an accelerated run of many windows.
 //!
 //! It starts `serve` (this same executable) as a child process with a generated config in a
-//! temporary directory (the model directory and the three precisions of its own config), talks
-//! to it over the real socket and reads systemd's notify protocol from a datagram socket of its
-//! own, so what it prints is what a deployment sees.
+//! temporary directory (the model directory, the three precisions and `auto`'s speed-up rule
+//! of its own config), talks to it over the real socket and reads systemd's notify protocol
+//! from a datagram socket of its own, so what it prints is what a deployment sees.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -80,12 +80,13 @@ fn spawn(
         &config,
         format!(
             "[models]\ndir = {:?}\naudio_precision = {:?}\nvisual_precision = {:?}\n\
-             head_precision = {:?}\n[window]\nseconds = {window_s}\n[api]\nsocket = {:?}\n\
-             max_clients = 64\n{extra}",
+             head_precision = {:?}\nauto_fp32_min_speedup = {}\n[window]\nseconds = {window_s}\n\
+             [api]\nsocket = {:?}\nmax_clients = 64\n{extra}",
             cfg.models.dir.display().to_string(),
             cfg.models.audio_precision.as_str(),
             cfg.models.visual_precision.as_str(),
             cfg.models.head_precision.as_str(),
+            cfg.models.auto_fp32_min_speedup,
             socket.display().to_string()
         ),
     )?;

@@ -142,12 +142,14 @@ impl Encoders {
             AUDIO_MODEL,
             cfg.audio_precision,
             cfg.int8_min_cosine,
+            cfg.auto_fp32_min_speedup,
         )?;
         let visual_choice = precision::choose(
             &manifest,
             VISUAL_MODEL,
             cfg.visual_precision,
             cfg.int8_min_cosine,
+            cfg.auto_fp32_min_speedup,
         )?;
         let audio = AudioEncoder::new(Model::load(&manifest, &audio_choice.entry, 1)?)?;
         let visual = VisualEncoder::new(Model::load(&manifest, &visual_choice.entry, 1)?)?;

@@ -96,9 +96,16 @@ impl HeadParts {
         manifest: &Manifest,
         choice: crate::config::PrecisionChoice,
         int8_min_agreement: f32,
+        fp32_min_speedup: f32,
         seconds: usize,
     ) -> Result<(Self, super::precision::Chosen), ModelError> {
-        let chosen = super::precision::choose_head(manifest, choice, int8_min_agreement, seconds)?;
+        let chosen = super::precision::choose_head(
+            manifest,
+            choice,
+            int8_min_agreement,
+            fp32_min_speedup,
+            seconds,
+        )?;
         let head = Self::load(manifest, &chosen.entry.precision, seconds)?;
         Ok((head, chosen))
     }

@@ -1,5 +1,8 @@
-//! Per-model precision: fp32, int8, or `auto` — the faster variant on this CPU among those
-//! that passed the int8 accuracy check recorded in the manifest.
+//! Per-model precision: fp32, int8, or `auto` — among the variants that passed the int8
+//! accuracy check recorded in the manifest, int8 unless fp32 is at least
+//! `models.auto_fp32_min_speedup` times as fast on this CPU (int8 weights take about half the
+//! memory: the head's parts 26.6 vs 48.7 MB resident, the difference between the daemon's RSS
+//! meeting its 120 MB target or not; a speed-up below that is a fraction of a millisecond).
 //!
 //! `auto` times both variants once (tract, one thread, a warm-up run then the median of a few)
 //! and caches the verdict in `<model dir>/precision-cache.toml` (or `$CACHE_DIRECTORY`), keyed
@@ -24,7 +27,8 @@ pub const CACHE_FILE: &str = "precision-cache.toml";
 pub struct Chosen {
     /// The chosen file.
     pub entry: ModelEntry,
-    /// Human-readable reason, e.g. `auto: fp32 5.1 ms < int8 48.0 ms`.
+    /// Human-readable reason, e.g. `auto: fp32 1.93 ms vs int8 45.33 ms per run on this CPU;
+    /// fp32 (…)`.
     pub reason: String,
 }
 
@@ -32,20 +36,23 @@ pub struct Chosen {
 struct Verdict {
     cpu: String,
     tract: String,
+    /// sha256 of the file(s) each variant's timing ran (the head: its three parts', joined
+    /// by `+`).
     fp32_sha256: String,
     int8_sha256: String,
     fp32_ms: f64,
     int8_ms: f64,
-    chosen: String,
 }
 
 /// Picks `name`'s variant by `choice`; under `auto`, an int8 encoder is eligible when its
-/// recorded mean embedding cosine reaches `int8_min_cosine`.
+/// recorded mean embedding cosine reaches `int8_min_cosine`, and taken unless fp32 runs at
+/// least `fp32_min_speedup` times as fast.
 pub fn choose(
     manifest: &Manifest,
     name: &str,
     choice: PrecisionChoice,
     int8_min_cosine: f32,
+    fp32_min_speedup: f32,
 ) -> Result<Chosen, ModelError> {
     let gate = |int8: &ModelEntry| {
         let cosine = int8.check.as_ref().map(|c| c.mean_cosine);
@@ -57,18 +64,25 @@ pub fn choose(
             )),
         }
     };
-    choose_by(manifest, name, name, choice, gate, time_model)
+    let rule = Rule {
+        gate,
+        fp32_min_speedup,
+        files: |_: &Manifest, e: &ModelEntry| e.sha256.clone(),
+    };
+    choose_by(manifest, name, name, choice, rule, time_model)
 }
 
 /// Picks the precision of the TSPM head's parts by `choice` (the question part's entry stands
 /// for the three); under `auto`, int8 parts are eligible when the question part's recorded
 /// answer agreement with fp32 reaches `int8_min_agreement`, and both are timed as a busy
 /// daemon runs them per new second (the per-second part, the window part and a question over
-/// `seconds` seconds: [`super::head_parts::time_parts`]).
+/// `seconds` seconds: [`super::head_parts::time_parts`]); eligible int8 parts are taken
+/// unless fp32 runs at least `fp32_min_speedup` times as fast.
 pub fn choose_head(
     manifest: &Manifest,
     choice: PrecisionChoice,
     int8_min_agreement: f32,
+    fp32_min_speedup: f32,
     seconds: usize,
 ) -> Result<Chosen, ModelError> {
     let gate = |int8: &ModelEntry| {
@@ -81,23 +95,50 @@ pub fn choose_head(
             )),
         }
     };
-    use super::head_parts::{QUESTION_PART, time_parts};
+    use super::head_parts::{QUESTION_PART, SECOND_PART, WINDOW_PART, time_parts};
     let timer = |m: &Manifest, e: &ModelEntry| time_parts(m, &e.precision, seconds);
     // "+second": the timing covers the per-second part too (verdicts timed without it re-time).
     let key = format!("{QUESTION_PART}+second@T{seconds}");
-    choose_by(manifest, QUESTION_PART, &key, choice, gate, timer)
+    // The question part's entry stands for the three, but the timing covers all three files.
+    let files = |m: &Manifest, e: &ModelEntry| {
+        [SECOND_PART, WINDOW_PART, QUESTION_PART]
+            .map(|part| {
+                m.find(part, &e.precision)
+                    .map_or("-", |p| p.sha256.as_str())
+            })
+            .join("+")
+    };
+    let rule = Rule {
+        gate,
+        fp32_min_speedup,
+        files,
+    };
+    choose_by(manifest, QUESTION_PART, &key, choice, rule, timer)
 }
 
-/// `gate` says why an int8 entry is not eligible (`None` = eligible); `timer` gives one run's
-/// milliseconds; `key` names the verdict in the cache.
-fn choose_by(
+/// How `auto` decides: `gate` says why an int8 entry is not eligible (`None` = eligible); an
+/// eligible int8 entry is taken unless fp32 runs at least `fp32_min_speedup` times as fast.
+/// `files` names what a variant's timing ran (its files' sha256), which a cached verdict must
+/// match.
+struct Rule<G, H> {
+    gate: G,
+    fp32_min_speedup: f32,
+    files: H,
+}
+
+/// `timer` gives one run's milliseconds; `key` names the verdict in the cache.
+fn choose_by<G, H>(
     manifest: &Manifest,
     name: &str,
     key: &str,
     choice: PrecisionChoice,
-    gate: impl FnOnce(&ModelEntry) -> Option<String>,
+    rule: Rule<G, H>,
     timer: impl Fn(&Manifest, &ModelEntry) -> Result<f64, ModelError>,
-) -> Result<Chosen, ModelError> {
+) -> Result<Chosen, ModelError>
+where
+    G: FnOnce(&ModelEntry) -> Option<String>,
+    H: Fn(&Manifest, &ModelEntry) -> String,
+{
     let find = |precision: &str| {
         manifest
             .find(name, precision)
@@ -125,30 +166,39 @@ fn choose_by(
                     reason: "auto: no int8 model built".into(),
                 });
             };
-            if let Some(reason) = gate(&int8) {
+            if let Some(reason) = (rule.gate)(&int8) {
                 return Ok(Chosen {
                     entry: fp32,
                     reason,
                 });
             }
-            let verdict = cached_or_measured(manifest, key, &fp32, &int8, timer)?;
+            let files = ((rule.files)(manifest, &fp32), (rule.files)(manifest, &int8));
+            let verdict = cached_or_measured(manifest, key, (&fp32, &int8), files, timer)?;
+            let speedup = verdict.int8_ms / verdict.fp32_ms;
+            let take_fp32 = speedup >= f64::from(rule.fp32_min_speedup);
             let reason = format!(
-                "auto: fp32 {:.2} ms vs int8 {:.2} ms per run on this CPU",
-                verdict.fp32_ms, verdict.int8_ms
+                "auto: fp32 {:.2} ms vs int8 {:.2} ms per run on this CPU; {} (fp32 {speedup:.2}x \
+                 as fast, {} the {}x of models.auto_fp32_min_speedup)",
+                verdict.fp32_ms,
+                verdict.int8_ms,
+                if take_fp32 { "fp32" } else { "int8" },
+                if take_fp32 { "at least" } else { "below" },
+                rule.fp32_min_speedup,
             );
             Ok(Chosen {
-                entry: if verdict.chosen == "int8" { int8 } else { fp32 },
+                entry: if take_fp32 { fp32 } else { int8 },
                 reason,
             })
         }
     }
 }
 
+/// `files`: the sha256 of what each variant's timing runs (fp32, int8).
 fn cached_or_measured(
     manifest: &Manifest,
     key: &str,
-    fp32: &ModelEntry,
-    int8: &ModelEntry,
+    (fp32, int8): (&ModelEntry, &ModelEntry),
+    files: (String, String),
     timer: impl Fn(&Manifest, &ModelEntry) -> Result<f64, ModelError>,
 ) -> Result<Verdict, ModelError> {
     let path = cache_path(&manifest.dir);
@@ -165,8 +215,8 @@ fn cached_or_measured(
     if let Some(v) = cache.get(key)
         && v.cpu == cpu
         && v.tract == tract
-        && v.fp32_sha256 == fp32.sha256
-        && v.int8_sha256 == int8.sha256
+        && v.fp32_sha256 == files.0
+        && v.int8_sha256 == files.1
     {
         return Ok(v.clone());
     }
@@ -176,11 +226,10 @@ fn cached_or_measured(
     let verdict = Verdict {
         cpu,
         tract,
-        fp32_sha256: fp32.sha256.clone(),
-        int8_sha256: int8.sha256.clone(),
+        fp32_sha256: files.0,
+        int8_sha256: files.1,
         fp32_ms,
         int8_ms,
-        chosen: if int8_ms < fp32_ms { "int8" } else { "fp32" }.into(),
     };
     cache.insert(key.to_string(), verdict.clone());
     match toml::to_string(&cache) {
