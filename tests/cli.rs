@@ -304,3 +304,88 @@ fn answer_refuses_questions_that_fit_no_template_before_extracting() {
         "{err}"
     );
 }
+
+/// `eval` on a small set over `extract`'s features: the head's parts (what `serve` runs, the
+/// default) and the whole head file give the same fp32 answers, and the report names the
+/// form that ran.
+#[test]
+fn eval_runs_the_parts_and_the_whole_head_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let media = util::fixtures_dir().join("av_5s.webm");
+    let out = extract(tmp.path(), &util::model_dir(), &media);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let npz = tmp.path().join("f.npz");
+    let questions = [
+        (
+            "Is the <Object> louder than the <Object>?",
+            vec!["violin", "piano"],
+            ["Audio", "Comparative"],
+            "yes",
+        ),
+        (
+            "How many instruments are sounding in the video?",
+            vec![],
+            ["Audio-Visual", "Counting"],
+            "two",
+        ),
+        (
+            "Where is the <FL> sounding instrument?",
+            vec!["first"],
+            ["Audio-Visual", "Temporal"],
+            "left",
+        ),
+        (
+            "Is there a voiceover?",
+            vec![],
+            ["Audio-Visual", "Existential"],
+            "no",
+        ),
+    ];
+    let set = tmp.path().join("set.jsonl");
+    let lines: Vec<String> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, (template, values, kind, answer))| {
+            serde_json::json!({
+                "npz": npz, "question_id": i, "type": kind, "question_content": template,
+                "templ_values": values, "answer": answer,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&set, lines.join("\n")).unwrap();
+    let config = util::write_config(tmp.path(), &util::model_dir(), "");
+    let mut answers = Vec::new();
+    for form in ["parts", "whole"] {
+        let predictions = tmp.path().join(format!("{form}.jsonl"));
+        let out = run(
+            &[
+                "eval",
+                set.to_str().unwrap(),
+                "--head",
+                form,
+                "--predictions",
+                predictions.to_str().unwrap(),
+            ],
+            Some(&config),
+        );
+        assert!(out.status.success(), "{form}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["questions"], 4, "{report}");
+        let id = if form == "parts" {
+            "tspm_parts"
+        } else {
+            "tspm_head"
+        };
+        assert_eq!(report["heads"]["fp32"], format!("{id}.fp32"), "{report}");
+        assert_eq!(report["heads"]["int8"], format!("{id}.int8"), "{report}");
+        let got: Vec<String> = std::fs::read_to_string(&predictions)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["fp32"].to_string())
+            .collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        answers.push(got);
+    }
+    assert_eq!(answers[0], answers[1], "parts vs whole head, fp32");
+}

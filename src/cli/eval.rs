@@ -9,7 +9,8 @@
 //! filled and the prompt built ([`Question::from_template`]), both are embedded
 //! ([`TextEncoder`]) and the head runs over the whole clip as one window (T = the clip's
 //! seconds, at least k = 10, padded with invalid seconds) — what `answer` does, minus the
-//! media decoding. Prints accuracy per question type and overall as JSON, per precision, and
+//! media decoding: by default the head's three parts as `serve` and `answer` run them
+//! ([`HeadParts`]), or the whole head file (`--head whole`). Prints accuracy per question type and overall as JSON, per precision, and
 //! how often int8 gives fp32's answer.
 //!
 //! Runs on the calling thread; clips are taken in order of their length so that one head
@@ -28,8 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::dsp::{MergedTokens, TokenMerger};
 use crate::model::Manifest;
+use crate::model::ModelError;
 use crate::model::encoders::{AUDIO_DIM, TOKENS, VISUAL_DIM};
-use crate::model::head::{Head, HeadInputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use crate::model::head::{Head, HeadInputs, HeadOutputs, MERGED_TOKENS, SELECTED, TEXT_DIM};
+use crate::model::head_parts::HeadParts;
 use crate::model::text::TextEncoder;
 use crate::prompts::Question;
 
@@ -43,6 +46,10 @@ pub struct Args {
     /// Head precisions to evaluate, comma-separated (`fp32`, `int8`).
     #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
     pub precision: Vec<String>,
+    /// Which form of the head: `parts` (the three parts `serve` and `answer` run) or `whole`
+    /// (the single head file).
+    #[arg(long, value_enum, default_value_t = HeadForm::Parts)]
+    pub head: HeadForm,
     /// Evaluate only the first N clips of the set (in file order).
     #[arg(long, value_name = "N")]
     pub max_clips: Option<usize>,
@@ -50,6 +57,117 @@ pub struct Args {
     /// precision) to this file.
     #[arg(long, value_name = "FILE")]
     pub predictions: Option<PathBuf>,
+}
+
+/// The form of the head `eval` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadForm {
+    /// `tspm_second` + `tspm_window` + `tspm_question`, composed as the daemon runs them.
+    Parts,
+    /// `tspm_head`, the whole head in one plan.
+    Whole,
+}
+
+/// A loaded head of either form. The parts keep the current clip's question-independent
+/// work (its rows and the window's context), as the daemon keeps its window's.
+enum AnyHead {
+    Parts(Box<HeadParts>, Option<ClipRows>),
+    Whole(Box<Head>),
+}
+
+/// One clip's rows as the question part reads them, and the window's context.
+struct ClipRows {
+    question: Vec<f32>,
+    context: Vec<f32>,
+}
+
+impl AnyHead {
+    fn load(
+        form: HeadForm,
+        manifest: &Manifest,
+        precision: &str,
+        seconds: usize,
+    ) -> Result<Self, ModelError> {
+        Ok(match form {
+            HeadForm::Parts => AnyHead::Parts(
+                Box::new(HeadParts::load(manifest, precision, seconds)?),
+                None,
+            ),
+            HeadForm::Whole => AnyHead::Whole(Box::new(Head::load(manifest, precision, seconds)?)),
+        })
+    }
+
+    fn id(&self) -> String {
+        match self {
+            AnyHead::Parts(h, _) => h.id(),
+            AnyHead::Whole(h) => h.model().entry().id(),
+        }
+    }
+
+    fn seconds(&self) -> usize {
+        match self {
+            AnyHead::Parts(h, _) => h.seconds(),
+            AnyHead::Whole(h) => h.seconds(),
+        }
+    }
+
+    /// Forgets the clip's rows: the next question is about another clip.
+    fn new_clip(&mut self) {
+        if let AnyHead::Parts(_, rows) = self {
+            *rows = None;
+        }
+    }
+
+    /// The head's outputs for `x`; the parts compute the clip's rows and context on its first
+    /// question only.
+    fn run(&mut self, x: &HeadInputs<'_>) -> Result<HeadOutputs, ModelError> {
+        let (head, cached) = match self {
+            AnyHead::Whole(h) => return h.run(x),
+            AnyHead::Parts(h, cached) => (h, cached),
+        };
+        let rows = match cached {
+            Some(rows) => rows,
+            None => {
+                let n = head.row_len();
+                let t = head.seconds();
+                let patch = MERGED_TOKENS * VISUAL_DIM;
+                let id = head.id();
+                let mut rows = vec![0.0f32; t * n];
+                for s in 0..t {
+                    if x.valid.get(s).is_some_and(|&v| v > 0.5) {
+                        let (a, v, p) = (
+                            second_of(x.audio, ("audio", AUDIO_DIM), s, t, &id)?,
+                            second_of(x.visual, ("visual", VISUAL_DIM), s, t, &id)?,
+                            second_of(x.patches, ("patches", patch), s, t, &id)?,
+                        );
+                        head.second(a, v, p, &mut rows[s * n..(s + 1) * n])?;
+                    }
+                }
+                let (window, question) = head.part_rows(&rows);
+                let mut context = vec![0.0f32; head.context_len()];
+                head.context(&window, x.valid, &mut context)?;
+                cached.insert(ClipRows { question, context })
+            }
+        };
+        head.question(&rows.question, x.valid, &rows.context, x.question, x.prompt)
+    }
+}
+
+/// Second `s` of a `[t × dim]` input of the model `id`, or an error naming the input.
+fn second_of<'a>(
+    data: &'a [f32],
+    (what, dim): (&str, usize),
+    s: usize,
+    t: usize,
+    id: &str,
+) -> Result<&'a [f32], ModelError> {
+    data.get(s * dim..(s + 1) * dim)
+        .ok_or_else(|| ModelError::InputShape {
+            model: id.to_string(),
+            tensor: what.into(),
+            expected: format!("{} values ({t} seconds)", t * dim),
+            actual: vec![data.len()],
+        })
 }
 
 /// One line of the evaluation set (other fields are ignored).
@@ -285,7 +403,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
 
     let mut tables: BTreeMap<String, Table> = BTreeMap::new();
     let mut heads_used: BTreeMap<String, String> = BTreeMap::new();
-    let mut heads: Vec<(String, Head)> = Vec::new();
+    let mut heads: Vec<(String, AnyHead)> = Vec::new();
     let mut agree = (0usize, 0usize);
     let mut predictions = match &args.predictions {
         Some(p) => Some(std::io::BufWriter::new(
@@ -300,12 +418,15 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         if heads.first().is_none_or(|(_, h)| h.seconds() != seconds) {
             heads.clear(); // one plan per precision alive at a time
             for p in &args.precision {
-                let head = Head::load(&manifest, p, seconds)?;
-                heads_used.insert(p.clone(), head.model().entry().id());
+                let head = AnyHead::load(args.head, &manifest, p, seconds)?;
+                heads_used.insert(p.clone(), head.id());
                 heads.push((p.clone(), head));
             }
         }
         let clip = read_clip(npz)?;
+        for (_, head) in heads.iter_mut() {
+            head.new_clip();
+        }
         let w = window(&clip, &mut merger, &mut merged)
             .with_context(|| format!("{}", npz.display()))?;
         debug_assert_eq!(w.seconds, seconds);
