@@ -1,7 +1,7 @@
 """Accuracy per question type on the held-out test scenes (models/data/make_dataset.py).
 
     ~/.cache/tspm-edge/venv/bin/python models/eval.py [--data DIR] [--model-dir DIR]
-        [--tract FILE] [--split test] [--out models/head/eval_report.json] [--no-ort]
+        [--tract FILE ...] [--split test] [--out models/head/eval_report.json] [--no-ort]
 
 Rows of the table (each over the same test questions):
   blind prior       the most frequent training answer for the question's template and slot
@@ -12,7 +12,9 @@ Rows of the table (each over the same test questions):
                     not committed), if present
   onnxruntime fp32 / int8   tspm_head.{fp32,int8}.onnx of the model dir, one clip per call
                     with all its questions as the batch, T = the clip's seconds (>= 10)
-  tract fp32 / int8 from `tspm-edge eval DIR/test.jsonl` (its JSON, given with --tract)
+  tract fp32 / int8 from `tspm-edge eval DIR/test.jsonl` (its JSON, given with --tract; once per
+                    head form: the parts, `eval`'s default and what `serve` runs, and the whole
+                    head file, `eval --head whole`; the rows name the form)
   ablations         variants retrained by `models/train.py --variant V` (DIR/variants/V.pt):
                     qprompt (question as prompt), alltime (no temporal selection: all seconds),
                     nomerge (no token merging: fixed 14 groups of the 7x7 grid)
@@ -140,7 +142,9 @@ def main():
         "TSPM_MODEL_DIR", os.path.expanduser("~/.cache/tspm-edge/models")))
     ap.add_argument("--weights", default=os.path.join(HERE, "head", "tspm_head.npz"))
     ap.add_argument("--split", default="test")
-    ap.add_argument("--tract", help="JSON printed by `tspm-edge eval` on the same split")
+    ap.add_argument("--tract", action="append", default=[],
+                    help="JSON printed by `tspm-edge eval` on the same split (repeatable: one "
+                         "per head form)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(HERE, "head", "eval_report.json"))
@@ -179,15 +183,20 @@ def main():
                 pred = ort_predict(path, split, emb, args.threads)
                 np.save(cache, pred)
             add(f"onnxruntime {prec}", pred, path)
-    if args.tract:
-        with open(args.tract) as f:
+    tract_agree = {}
+    for tract in args.tract:
+        with open(tract) as f:
             tr = json.load(f)
+        form = "parts" if all(h.startswith("tspm_parts") for h in tr["heads"].values()) \
+            else "whole head"
         for prec, tab in tr["accuracy"].items():
             table = {k: dict(v) for k, v in tab["by_type"].items()}
             table["overall"] = dict(tab["overall"])
-            rows[f"tract {prec}"] = dict(table=table, note=f"tspm-edge eval, {tr['heads'].get(prec, '')}")
+            rows[f"tract {prec} ({form})"] = dict(
+                table=table, note=f"tspm-edge eval, {tr['heads'].get(prec, '')}")
         if tr.get("int8_agrees_with_fp32") is not None:
-            rows["tract int8"]["int8_agrees_with_fp32"] = tr["int8_agrees_with_fp32"]
+            rows[f"tract int8 ({form})"]["int8_agrees_with_fp32"] = tr["int8_agrees_with_fp32"]
+            tract_agree[f"tract int8 vs fp32 ({form})"] = tr["int8_agrees_with_fp32"]
     for v in ("qprompt", "alltime", "nomerge"):
         path = os.path.join(args.data, "variants", f"{v}.pt")
         if not os.path.exists(path):
@@ -206,8 +215,7 @@ def main():
         agree["onnxruntime int8 vs fp32"] = float(np.mean(preds["onnxruntime fp32"] == preds["onnxruntime int8"]))
         agree["onnxruntime fp32 vs PyTorch (shipped)"] = float(
             np.mean(preds["onnxruntime fp32"] == preds["PyTorch (shipped weights)"]))
-    if args.tract and rows.get("tract int8", {}).get("int8_agrees_with_fp32") is not None:
-        agree["tract int8 vs fp32"] = rows["tract int8"]["int8_agrees_with_fp32"]
+    agree.update(tract_agree)
 
     # the goal: every type >= 25 points above the blind prior
     prior = rows["blind prior"]["table"]

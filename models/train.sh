@@ -63,9 +63,11 @@ if [ "$ABLATIONS" = 1 ]; then
 fi
 TRACT=()
 if "$BIN" eval --help >/dev/null 2>&1; then
-  log "tract: $BIN eval $DATA/test.jsonl"
-  nice -n 10 "$BIN" eval "$DATA/test.jsonl" > "$DATA/tract_eval.json"
-  TRACT=(--tract "$DATA/tract_eval.json")
+  # The head's parts (what `serve` runs) and the whole head file.
+  log "tract: $BIN eval $DATA/test.jsonl (the parts, then --head whole)"
+  nice -n 10 "$BIN" eval "$DATA/test.jsonl" > "$DATA/tract_eval_parts.json"
+  nice -n 10 "$BIN" eval --head whole "$DATA/test.jsonl" > "$DATA/tract_eval.json"
+  TRACT=(--tract "$DATA/tract_eval_parts.json" --tract "$DATA/tract_eval.json")
 else
   log "$BIN has no eval subcommand: tract rows skipped"
 fi
