@@ -252,17 +252,29 @@ fn precision_choice_follows_config_and_accuracy_gate() {
     assert!(err.to_string().contains("vggish"), "{err}");
 }
 
-/// `auto` times both variants once and caches the verdict; the cached verdict is reused.
-#[test]
-fn auto_precision_is_measured_once_and_cached() {
-    use tspm_edge::config::PrecisionChoice;
-    use tspm_edge::model::precision::{CACHE_FILE, choose};
+/// A model directory holding only YAMNet's two variants and the manifest (a cache of its own).
+fn yamnet_alone() -> (tempfile::TempDir, Manifest) {
     let tmp = tempfile::tempdir().unwrap();
     let src = util::model_dir();
     for f in ["manifest.toml", "yamnet.fp32.onnx", "yamnet.int8.onnx"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let m = Manifest::load(tmp.path()).unwrap();
+    (tmp, m)
+}
+
+/// The precision cache's text with its `key` timing (`fp32_ms` / `int8_ms`) set to `ms`.
+fn with_timing(cache: &str, key: &str, ms: f64) -> String {
+    let line = cache.lines().find(|l| l.starts_with(key)).unwrap();
+    cache.replace(line, &format!("{key} = {ms:?}"))
+}
+
+/// `auto` times both variants once and caches the verdict; the cached verdict is reused.
+#[test]
+fn auto_precision_is_measured_once_and_cached() {
+    use tspm_edge::config::PrecisionChoice;
+    use tspm_edge::model::precision::{CACHE_FILE, choose};
+    let (tmp, m) = yamnet_alone();
     let first = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.5).unwrap();
     assert!(first.reason.contains("ms"), "{}", first.reason);
     let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
@@ -271,16 +283,12 @@ fn auto_precision_is_measured_once_and_cached() {
         "{cache}"
     );
     // Tamper with the cached timings: a second choice must read them instead of re-timing.
-    let timing = |key: &str, ms: f64| {
-        let line = cache.lines().find(|l| l.starts_with(key)).unwrap();
-        cache.replace(line, &format!("{key} = {ms}"))
-    };
     let fast = if first.entry.precision == "int8" {
         "fp32_ms"
     } else {
         "int8_ms"
     };
-    std::fs::write(tmp.path().join(CACHE_FILE), timing(fast, 1e-3)).unwrap();
+    std::fs::write(tmp.path().join(CACHE_FILE), with_timing(&cache, fast, 1e-3)).unwrap();
     let second = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.5).unwrap();
     assert_ne!(second.entry.precision, first.entry.precision);
 }
@@ -291,24 +299,11 @@ fn auto_precision_is_measured_once_and_cached() {
 fn auto_takes_int8_unless_fp32_is_enough_faster() {
     use tspm_edge::config::PrecisionChoice;
     use tspm_edge::model::precision::{CACHE_FILE, choose};
-    let tmp = tempfile::tempdir().unwrap();
-    let src = util::model_dir();
-    for f in ["manifest.toml", "yamnet.fp32.onnx", "yamnet.int8.onnx"] {
-        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
-    }
-    let m = Manifest::load(tmp.path()).unwrap();
+    let (tmp, m) = yamnet_alone();
     choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, 1.0).unwrap();
     // Known timings: fp32 2 ms, int8 5 ms (fp32 2.5x as fast).
     let cache = std::fs::read_to_string(tmp.path().join(CACHE_FILE)).unwrap();
-    let cache: String = cache
-        .lines()
-        .map(|l| match l {
-            l if l.starts_with("fp32_ms") => "fp32_ms = 2.0".to_string(),
-            l if l.starts_with("int8_ms") => "int8_ms = 5.0".to_string(),
-            l => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let cache = with_timing(&with_timing(&cache, "fp32_ms", 2.0), "int8_ms", 5.0);
     std::fs::write(tmp.path().join(CACHE_FILE), cache).unwrap();
     for (min_speedup, expected) in [(1.0, "fp32"), (2.5, "fp32"), (2.6, "int8"), (100.0, "int8")] {
         let c = choose(&m, "yamnet", PrecisionChoice::Auto, 0.98, min_speedup).unwrap();

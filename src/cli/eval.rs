@@ -128,46 +128,12 @@ impl AnyHead {
         let rows = match cached {
             Some(rows) => rows,
             None => {
-                let n = head.row_len();
-                let t = head.seconds();
-                let patch = MERGED_TOKENS * VISUAL_DIM;
-                let id = head.id();
-                let mut rows = vec![0.0f32; t * n];
-                for s in 0..t {
-                    if x.valid.get(s).is_some_and(|&v| v > 0.5) {
-                        let (a, v, p) = (
-                            second_of(x.audio, ("audio", AUDIO_DIM), s, t, &id)?,
-                            second_of(x.visual, ("visual", VISUAL_DIM), s, t, &id)?,
-                            second_of(x.patches, ("patches", patch), s, t, &id)?,
-                        );
-                        head.second(a, v, p, &mut rows[s * n..(s + 1) * n])?;
-                    }
-                }
-                let (window, question) = head.part_rows(&rows);
-                let mut context = vec![0.0f32; head.context_len()];
-                head.context(&window, x.valid, &mut context)?;
+                let (question, context) = head.window_of(x)?;
                 cached.insert(ClipRows { question, context })
             }
         };
         head.question(&rows.question, x.valid, &rows.context, x.question, x.prompt)
     }
-}
-
-/// Second `s` of a `[t × dim]` input of the model `id`, or an error naming the input.
-fn second_of<'a>(
-    data: &'a [f32],
-    (what, dim): (&str, usize),
-    s: usize,
-    t: usize,
-    id: &str,
-) -> Result<&'a [f32], ModelError> {
-    data.get(s * dim..(s + 1) * dim)
-        .ok_or_else(|| ModelError::InputShape {
-            model: id.to_string(),
-            tensor: what.into(),
-            expected: format!("{} values ({t} seconds)", t * dim),
-            actual: vec![data.len()],
-        })
 }
 
 /// One line of the evaluation set (other fields are ignored).

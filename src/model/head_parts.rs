@@ -282,6 +282,14 @@ impl HeadParts {
     /// (zeros for invalid ones), the context, the question. For files (`answer`) and checks;
     /// the daemon keeps the rows in its window instead.
     pub fn run(&mut self, x: &HeadInputs<'_>) -> Result<HeadOutputs, ModelError> {
+        let (question_rows, context) = self.window_of(x)?;
+        self.question(&question_rows, x.valid, &context, x.question, x.prompt)
+    }
+
+    /// The question-independent work of [`HeadParts::run`] on `x`'s features (its question
+    /// and prompt are not read): the question part's rows [T × question width] and the
+    /// window's context, which every question about the same seconds reuses.
+    pub fn window_of(&mut self, x: &HeadInputs<'_>) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let t = self.seconds;
         self.check_len("valid", x.valid.len(), t)?;
         self.check_len("audio", x.audio.len(), t * AUDIO_DIM)?;
@@ -303,7 +311,7 @@ impl HeadParts {
         let (window_rows, question_rows) = self.part_rows(&rows);
         let mut context = vec![0.0f32; self.context_len];
         self.context(&window_rows, x.valid, &mut context)?;
-        self.question(&question_rows, x.valid, &context, x.question, x.prompt)
+        Ok((question_rows, context))
     }
 
     fn check_len(&self, what: &str, got: usize, want: usize) -> Result<(), ModelError> {
