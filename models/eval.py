@@ -131,7 +131,10 @@ def load_model(n_answers, state=None, compact=None):
     if compact:
         T.load_compact(model, compact)
     if state:
-        model.load_state_dict(torch.load(state))
+        sd = torch.load(state)
+        if "qtg_slots" in sd:  # trained with --time-slots
+            model.enable_time_slots()
+        model.load_state_dict(sd)
     return model.eval()
 
 

@@ -365,9 +365,11 @@ def main():
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--untrained", action="store_true")
     ap.add_argument("--no-int8", action="store_true", help="fp32 parts only")
+    ap.add_argument("--weights", default=export_head.HEAD_WEIGHTS
+                    if os.path.exists(export_head.HEAD_WEIGHTS) else None,
+                    help="the trained head (models/train.py; default models/head/tspm_head.npz)")
     args = ap.parse_args()
-    weights = None if args.untrained or not os.path.exists(export_head.HEAD_WEIGHTS) \
-        else export_head.HEAD_WEIGHTS
+    weights = None if args.untrained else args.weights
     os.makedirs(args.model_dir, exist_ok=True)
     the_stamp = stamp(weights, args.model_dir, not args.no_int8, args.data)
     if not args.force and up_to_date(args.model_dir, the_stamp):

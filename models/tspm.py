@@ -232,7 +232,7 @@ def select_masked(w, m, k):
 
 class TSPMHead(nn.Module):
     def __init__(self, n_answers, d_audio=1024, d_visual=1280, d_patch=1280, d_question=384,
-                 d_prompt=384, hidden=512, k=10, dropout=0.1):
+                 d_prompt=384, hidden=512, k=10, dropout=0.1, time_slots=False):
         super().__init__()
         h = hidden
         self.k = k
@@ -249,6 +249,33 @@ class TSPMHead(nn.Module):
         self.fuse = nn.Linear(6 * h, h)
         self.answer = nn.Linear(h, n_answers)
         self.drop = nn.Dropout(dropout)
+        self.time_slots = False
+        if time_slots:
+            self.enable_time_slots()
+
+    def enable_time_slots(self):
+        """Adds the time-slot embeddings (a deviation from spec §2, off by default): one
+        learned [H] vector per slot of the k selected seconds, audio and SPM rows apart, added
+        to the QTG's keys and values (not to the means). The spec'd head is invariant to the
+        order of the seconds (the QTG attention and the means ignore it), so it cannot tell
+        which instrument came first; with the slots it can, as the selected seconds are kept
+        in time order. Zero-initialised: zeros give the spec'd head exactly."""
+        if not self.time_slots:
+            h = self.proj_audio.out_features
+            self.qtg_slots = nn.Parameter(torch.zeros(2, self.k, h))
+            self.time_slots = True
+        return self
+
+    def slot_kv(self, which, n_sel):
+        """The slot embedding's share of the QTG keys and values for slot set `which` (0 audio,
+        1 SPM) over n_sel selected seconds, [n_sel,H] each (k(x + s) = k(x) + s Wk^T, no bias
+        twice); None when the head has no slots or the selection is not k seconds (the
+        all-seconds ablation)."""
+        if not self.time_slots or n_sel != self.k:
+            return None
+        s = self.qtg_slots[which]
+        attn = self.qtg.attn
+        return s @ attn.k.weight.t(), s @ attn.v.weight.t()
 
     def forward(self, audio, visual, patches, question, prompt, valid=None):
         """audio [B,T,Da], visual [B,T,Dv], patches [B,T,N,Dp], question [B,Dq], prompt [B,Dp'],
@@ -310,9 +337,14 @@ class TSPMHead(nn.Module):
         v_sp = v_sp.reshape(-1, k, a.shape[-1])  # [B,k,H]
         spm_attention = w_sp.reshape(-1, k, n_tok)
 
-        # QTG (shared block)
-        a_q, _ = self.qtg(q, a_k, sel_ok)
-        v_q, _ = self.qtg(q, v_sp, sel_ok)
+        # QTG (shared block); with time slots, each selected second's slot vector joins its
+        # keys and values (the means below stay without it).
+        if self.time_slots and k == self.qtg_slots.shape[1]:
+            a_q, _ = self.qtg(q, a_k + self.qtg_slots[0], sel_ok)
+            v_q, _ = self.qtg(q, v_sp + self.qtg_slots[1], sel_ok)
+        else:
+            a_q, _ = self.qtg(q, a_k, sel_ok)
+            v_q, _ = self.qtg(q, v_sp, sel_ok)
 
         if m is None:
             a_mean_t, v_mean_t = a_av.mean(dim=1), v_av.mean(dim=1)

@@ -308,6 +308,11 @@ class QuestionPart(nn.Module):
         super().__init__()
         self.h = head
         self.register_buffer("w_q", fuse_columns(head, FUSE_QUESTION_BLOCKS), persistent=False)
+        kv = None
+        if head.time_slots:  # constants in the graph: [2 slot sets, keys/values, k, H]
+            with torch.no_grad():
+                kv = torch.stack([torch.stack(head.slot_kv(i, head.k)) for i in range(2)])
+        self.register_buffer("slot_kv", kv, persistent=False)
 
     def forward(self, packed, valid, context, question, prompt):
         m = self.h
@@ -334,9 +339,13 @@ class QuestionPart(nn.Module):
         n_tok = rows.shape[-1] - spm - hid
         a_k, v_sp = rows[..., spm + n_tok:], slot(rows, 1)
         spm_attention = rows[..., spm:spm + n_tok]
-        # QTG: the question over the selected seconds' audio, then their SPM outputs.
-        a_q, v_q = query_blocks(m.qtg, q1, [(slot(rows, 2), slot(rows, 3)),
-                                            (slot(rows, 4), slot(rows, 5))], sel_ok)
+        # QTG: the question over the selected seconds' audio, then their SPM outputs; with
+        # time slots, their share of the keys and values is a constant [k,H] per slot set.
+        kvs = [[slot(rows, 2), slot(rows, 3)], [slot(rows, 4), slot(rows, 5)]]
+        if self.slot_kv is not None:
+            for which, kv in enumerate(kvs):
+                kv[0], kv[1] = kv[0] + self.slot_kv[which, 0], kv[1] + self.slot_kv[which, 1]
+        a_q, v_q = query_blocks(m.qtg, q1, kvs, sel_ok)
         # The fusion layer: this question's four blocks; the window part added the rest.
         f = torch.cat([a_q, masked_mean(a_k, sv), v_q, masked_mean(v_sp, sv)], dim=-1)
         f = F.linear(torch.tanh(f), self.w_q) + context
