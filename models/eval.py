@@ -22,12 +22,14 @@ For PyTorch and onnxruntime the test clips' tokens are merged again from extract
 reference (models/token_merge.py) in float32 -- the values the Rust runtime computes -- rather
 than read from the training cache (which stores them as float16).
 
-Prints a Markdown table (accuracy in %, per type and overall, with the number of questions) and
-int8-vs-fp32 answer agreement; writes every number to --out.
+Prints a Markdown table (accuracy in %, per type and overall, with the number of questions),
+int8-vs-fp32 answer agreement and the order check (the shipped head's answers with each clip's
+seconds shuffled: how many stay the same); writes every number to --out.
 """
 
 import argparse
 import collections
+import copy
 import json
 import os
 import sys
@@ -138,6 +140,30 @@ def load_model(n_answers, state=None, compact=None):
     return model.eval()
 
 
+def order_check(model, split, emb, seed=11):
+    """How much the head's answers depend on the order of the seconds: every test clip's
+    seconds shuffled (one fixed permutation per clip, all arrays alike), same answer as in
+    time order on what share of the questions, per type. The spec'd head (no time slots) is
+    invariant to the order, so temporal questions get no order information from it."""
+    rng = np.random.default_rng(seed)
+    shuffled = copy.copy(split)
+    shuffled.clips = []
+    for c in split.clips:
+        perm = rng.permutation(c["audio"].shape[0])
+        shuffled.clips.append(dict(c, **{k: c[k][perm] for k in ("audio", "visual", "patches", "valid")}))
+    a, b = T.predict(model, split, emb)[0], T.predict(model, shuffled, emb)[0]
+    same = a == b
+    by_type = collections.defaultdict(list)
+    for r, e in zip(split.records, same):
+        by_type[T.type_name(r["type"])].append(bool(e))
+    out = dict(seed=seed, questions=int(len(same)), same_answer=float(same.mean()),
+               by_type={k: float(np.mean(v)) for k, v in by_type.items()})
+    log(f"order check (the seconds of each clip shuffled): same answer on {int(same.sum())} of "
+        f"{len(same)} questions ({100 * out['same_answer']:.2f} %); Audio-Visual Temporal "
+        f"{100 * out['by_type'].get('Audio-Visual Temporal', float('nan')):.2f} %")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=T.default_data_dir())
@@ -171,6 +197,7 @@ def main():
     refresh_patches(split)
     model = load_model(len(answers), compact=args.weights)
     add("PyTorch (shipped weights)", T.predict(model, split, emb)[0], os.path.relpath(args.weights, os.path.dirname(HERE)))
+    order = order_check(model, split, emb)
     exact = os.path.join(args.data, "full.fp32.pt")
     if os.path.exists(exact):
         add("PyTorch (exact fp32 before compacting)", T.predict(load_model(len(answers), state=exact), split, emb)[0])
@@ -247,8 +274,10 @@ def main():
         print(f"{k}: {100 * v:.2f} % of answers equal")
     for k, v in goal.items():
         print(f"goal (every type >= 25 points above the blind prior): {k}: {'met' if v else 'NOT met'}")
+    print(f"order check, the shipped head (each clip's seconds shuffled): same answer on "
+          f"{100 * order['same_answer']:.2f} % of the questions")
     report = dict(split=args.split, clips=len(split.clips), questions=split.n_questions, rows=rows,
-                  agreement=agree, goal_every_type_25_points=goal, markdown=table_md,
+                  agreement=agree, order_check=order, goal_every_type_25_points=goal, markdown=table_md,
                   data=args.data, model_dir=args.model_dir)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
