@@ -2,7 +2,7 @@
 """The training / evaluation data set in one command: scenes -> questions -> features -> texts.
 
     ~/.cache/tspm-edge/venv/bin/python models/data/make_dataset.py [--data DIR]
-        [--train 1200] [--val 60] [--test 100] [--min-s 10] [--max-s 30] [--jobs 2]
+        [--train 400] [--val 60] [--test 100] [--min-s 10] [--max-s 30] [--jobs 2]
         [--per-template 3] [--seed 7] [--bin target/release/tspm-edge] [--prompts-bin BIN]
 
 (`bash models/data/make_dataset.sh` runs it in the model build's venv.) DIR defaults to
@@ -232,7 +232,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=default_data_dir())
     ap.add_argument("--model-dir", default=default_model_dir())
-    ap.add_argument("--train", type=int, default=1200)
+    ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--val", type=int, default=60)
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--min-s", type=int, default=10)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training / evaluation data set (models/data/make_dataset.py) in the model build's venv:
-#   bash models/data/make_dataset.sh [make_dataset.py options, e.g. --train 1200 --data DIR]
+#   bash models/data/make_dataset.sh [make_dataset.py options, e.g. --train 400 --data DIR]
 # Needs models/data/install-material.sh, models/build.sh and a release build
 # (target/release/tspm-edge, or TSPM_EDGE_BIN). Data goes to $TSPM_DATA_DIR or
 # ~/.cache/tspm-edge/data. Cached: a second run only does what is missing.
