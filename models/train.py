@@ -58,8 +58,9 @@ projection keep their initial values; the prompt acts through which seconds are 
 
 **--time-slots** (any variant): `TSPMHead.enable_time_slots`, one learned vector per slot of
 the k selected seconds added to the QTG's keys and values, a deviation from spec §2: the
-spec'd head gives the same answer whatever the order of the seconds (shuffling the seconds of
-40 test clips changed none of 1,986 answers), so it cannot tell which instrument came first.
+spec'd head gives the same answer whatever the order of the seconds (eval.py's order check:
+4,853 of 4,854 test answers unchanged with each clip's seconds shuffled), so it cannot tell
+which instrument came first.
 An experiment, not shipped: on the 400-clip set, 14 epochs, validation 67.4 % (AV Temporal
 48.2 %) against 67.2 % (46.9 %) without; the trained slots changed 0.5 % of the AV Temporal
 answers when the seconds were shuffled (eval.py's order check). On 1,200 clips, validation
