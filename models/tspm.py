@@ -232,7 +232,7 @@ def select_masked(w, m, k):
 
 class TSPMHead(nn.Module):
     def __init__(self, n_answers, d_audio=1024, d_visual=1280, d_patch=1280, d_question=384,
-                 d_prompt=384, hidden=512, k=10, dropout=0.1, time_slots=False):
+                 d_prompt=384, hidden=512, k=10, dropout=0.1):
         super().__init__()
         h = hidden
         self.k = k
@@ -249,9 +249,7 @@ class TSPMHead(nn.Module):
         self.fuse = nn.Linear(6 * h, h)
         self.answer = nn.Linear(h, n_answers)
         self.drop = nn.Dropout(dropout)
-        self.time_slots = False
-        if time_slots:
-            self.enable_time_slots()
+        self.time_slots = False  # enable_time_slots() adds them
 
     def enable_time_slots(self):
         """Adds the time-slot embeddings (a deviation from spec §2, off by default): one
