@@ -103,6 +103,34 @@ def node_layers(m, weights):
     return out
 
 
+def row_vector_operands(m):
+    """In place: a 1-D constant [C] that an elementwise Add / Mul / Sub broadcasts over 2-D rows
+    [R, C] (the biases the quantiser writes after each DequantizeLinear) becomes a [1, C]
+    constant; the result is the same. tract 0.23.9 broadcasts a 1-D operand over 2-D rows on a
+    slow generic path: a [120, 512] Add + Relu took 0.074 ms with a [512] bias and 0.019 ms
+    with a [1, 512] one (standalone files, 2,000 runs each). Returns how many it changed."""
+    inferred = onnx.shape_inference.infer_shapes(m)
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in
+            list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+            if v.type.tensor_type.HasField("shape")}
+    inits = {i.name: i for i in m.graph.initializer}
+    uses = {}
+    for n in m.graph.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    changed = 0
+    for n in m.graph.node:
+        if n.op_type not in ("Add", "Mul", "Sub") or len(n.input) != 2:
+            continue
+        for i, x in enumerate(n.input):
+            other = n.input[1 - i]
+            if x in inits and len(inits[x].dims) == 1 and rank.get(other) == 2 and uses[x] == 1:
+                w = numpy_helper.to_array(inits[x])
+                inits[x].CopyFrom(numpy_helper.from_array(w.reshape(1, -1), x))
+                changed += 1
+    return changed
+
+
 def gemms_to_matmuls(m, layers, int8_layers):
     """In place: each Gemm whose layer is int8 becomes MatMul(x, W^T) + Add(bias), the form the
     whole head has that layer in (so the quantiser treats it as there). Returns {MatMul node
@@ -183,6 +211,7 @@ def quantize_part(fp32_path, out_path, weights, int8_layers, per_col_layers, cal
             if os.path.exists(p):
                 os.remove(p)
     export_head.name_output_nodes(q)
+    row_vector_operands(q)
     q.producer_name = "tspm-edge models/export_head_parts.py"
     q.doc_string = doc
     onnx.checker.check_model(q, full_check=True)
