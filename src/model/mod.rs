@@ -158,6 +158,19 @@ pub enum ModelError {
         /// What is wrong, with the expected form.
         problem: String,
     },
+    /// An int8 file tract's Intel AMX int8 kernel cannot run safely, in a process that let
+    /// tract use that kernel ([`allow_amx_int8`]).
+    #[error(
+        "model {model}: this process lets tract use its Intel AMX int8 kernel, which needs \
+         every int8 product's K to be a multiple of {AMX_INT8_K_STEP} (the file's: {k}); run \
+         it at fp32, or with TRACT_CPU_ISA=-amx-int8 in the environment"
+    )]
+    AmxInt8 {
+        /// Model id.
+        model: String,
+        /// The file's int8 reduction lengths, as the manifest records them.
+        k: String,
+    },
     /// tract failed while running.
     #[error("model {model}: inference failed")]
     Run {
@@ -215,15 +228,15 @@ impl Input<'_> {
 /// `tests/dsp.rs`, `check-models`).
 pub const DEFAULT_TRANSFORMS: &[&str] = &["conv_nhwc"];
 
-/// tract's instruction-set edit this runtime installs on x86_64 unless `TRACT_CPU_ISA` is set
-/// in the environment (which then wins): tract 0.23.9's Intel AMX int8 kernel
-/// (`avx512amx_mmm_i32_8x8`) loads 64 K-bytes of the packed B operand per step, but B is
-/// padded only to a multiple of 4, so a matmul whose K is not a multiple of 64 (the encoders'
-/// depthwise convs: K = 9, 25; pointwise ones: K = 24, 40, 80, …) reads past its buffer. The
-/// extra bytes meet A's zero padding, so results stay right, but a read that crosses into an
-/// unmapped page is a SIGSEGV: `bench --profile --only efficientnet_lite0.int8` crashed in 2
-/// of 4 runs on a Sapphire Rapids Xeon (gdb: `tileloadd tmm2` at avx512amx_mmm_i32_8x8.S:259).
-/// Without AMX, int8 matmuls run on AVX-512 VNNI. `TRACT_CPU_ISA=+amx-int8` opts back in.
+/// tract's instruction-set edit this runtime installs on x86_64, below the environment
+/// (`TRACT_CPU_ISA` there wins), unless the process called [`allow_amx_int8`] first: tract
+/// 0.23.9's Intel AMX int8 kernels (`avx512amx_mmm_i32_8x8`, `_16x16`) load 64 K-bytes of the
+/// packed B operand per step, but B is padded only to a multiple of 4, so a matmul whose K is
+/// not a multiple of 64 (the encoders' depthwise convs: K = 9, 25; pointwise ones: K = 24,
+/// 40, 80, …) reads past its buffer. The extra bytes meet A's zero padding, so results stay
+/// right, but a read that crosses into an unmapped page is a SIGSEGV: `bench --profile --only
+/// efficientnet_lite0.int8` crashed in 2 of 4 runs on a Sapphire Rapids Xeon (gdb: `tileloadd
+/// tmm2` at avx512amx_mmm_i32_8x8.S:259). Without AMX, int8 matmuls run on AVX-512 VNNI.
 /// None elsewhere: tract refuses (panics on) a feature of another architecture.
 #[cfg(target_arch = "x86_64")]
 pub const TRACT_CPU_ISA_DEFAULT: Option<&str> = Some("-amx-int8");
@@ -231,23 +244,87 @@ pub const TRACT_CPU_ISA_DEFAULT: Option<&str> = Some("-amx-int8");
 #[cfg(not(target_arch = "x86_64"))]
 pub const TRACT_CPU_ISA_DEFAULT: Option<&str> = None;
 
+/// The K step of tract's AMX int8 kernels: they may run an int8 product only when its
+/// reduction length K is a multiple of this ([`TRACT_CPU_ISA_DEFAULT`]).
+pub const AMX_INT8_K_STEP: u64 = 64;
+
+/// Set by [`allow_amx_int8`]; read once, when [`cpu_features`] installs the edit.
+static AMX_INT8_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets tract use its Intel AMX int8 kernels in this process (where the CPU has them): call
+/// it before the first model loads, from a process that will run only int8 files whose
+/// products all have K a multiple of [`AMX_INT8_K_STEP`] (the head's: `int8_k` in the
+/// manifest). Loading any other int8 file then fails with [`ModelError::AmxInt8`] instead of
+/// risking the kernel's over-read, and `auto` precision does not consider it. The TSPM head's
+/// int8 parts gain from it: `tspm_second.int8` 2.65 → 1.64 ms, `tspm_window.int8` 2.37 →
+/// 2.07 ms on a Sapphire Rapids Xeon (`bench --stage … --runs 300 --cpu-time`, twice each
+/// way). Returns whether it took effect (false once a model has loaded).
+pub fn allow_amx_int8() -> bool {
+    AMX_INT8_ALLOWED.store(true, std::sync::atomic::Ordering::SeqCst);
+    cpu_features().is_ok_and(|_| amx_int8_allowed_here())
+}
+
+/// Whether this process runs tract without [`TRACT_CPU_ISA_DEFAULT`]'s edit.
+fn amx_int8_allowed_here() -> bool {
+    INSTALLED.get().is_some_and(|r| matches!(r, Ok(false)))
+}
+
+/// `Ok(true)`: [`TRACT_CPU_ISA_DEFAULT`] installed; `Ok(false)`: left out (see
+/// [`allow_amx_int8`]).
+static INSTALLED: std::sync::OnceLock<Result<bool, String>> = std::sync::OnceLock::new();
+
 /// Installs [`TRACT_CPU_ISA_DEFAULT`] below the environment, once per process, before tract
-/// first probes the CPU (it caches the probe). Returns tract's instruction-set edit in force
-/// ("" for none).
+/// first probes the CPU (it caches the probe), unless [`allow_amx_int8`] came first. Returns
+/// tract's instruction-set edit in force ("" for none).
 pub fn cpu_features() -> anyhow::Result<String> {
-    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    INSTALLED
-        .get_or_init(|| match TRACT_CPU_ISA_DEFAULT {
-            Some(edit) => tract_data::knobs::set_config_global("TRACT_CPU_ISA", edit)
-                .map_err(|e| format!("setting tract's TRACT_CPU_ISA={edit}: {e:#}")),
-            None => Ok(()),
+    let installed = INSTALLED
+        .get_or_init(|| {
+            let allowed = AMX_INT8_ALLOWED.load(std::sync::atomic::Ordering::SeqCst);
+            match TRACT_CPU_ISA_DEFAULT {
+                Some(edit) if !allowed => {
+                    tract_data::knobs::set_config_global("TRACT_CPU_ISA", edit)
+                        .map(|()| true)
+                        .map_err(|e| format!("setting tract's TRACT_CPU_ISA={edit}: {e:#}"))
+                }
+                _ => Ok(false),
+            }
         })
         .clone()
         .map_err(anyhow::Error::msg)?;
     Ok(std::env::var("TRACT_CPU_ISA")
         .ok()
-        .or(TRACT_CPU_ISA_DEFAULT.map(str::to_string))
+        .or(TRACT_CPU_ISA_DEFAULT
+            .filter(|_| installed)
+            .map(str::to_string))
         .unwrap_or_default())
+}
+
+/// Whether tract may pick its Intel AMX int8 kernels in this process: the CPU has AMX int8
+/// and tile support (`/proc/cpuinfo`) and the edit in force does not take them out.
+pub fn amx_int8_in_force() -> bool {
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let Ok(edit) = cpu_features() else {
+        return false;
+    };
+    let removed = edit
+        .split(',')
+        .map(str::trim)
+        .any(|t| matches!(t, "-amx-int8" | "-amx-tile" | "-avx512f"));
+    !removed && cpu_has_amx_int8()
+}
+
+/// Whether this CPU has Intel AMX int8 and tiles (`/proc/cpuinfo` flags), whatever tract is
+/// told; reads no tract state, so it installs no instruction-set edit.
+pub fn cpu_has_amx_int8() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    cfg!(target_arch = "x86_64") && has("amx_int8") && has("amx_tile")
 }
 
 /// One loaded model with its live tract state.
@@ -327,6 +404,15 @@ impl Model {
             source,
         };
         cpu_features().map_err(load_err)?;
+        if !entry.amx_int8_safe() && amx_int8_in_force() {
+            return Err(ModelError::AmxInt8 {
+                model: id,
+                k: entry
+                    .int8_k
+                    .as_ref()
+                    .map_or("not recorded".into(), |ks| format!("{ks:?}")),
+            });
+        }
         // onnxruntime's quantiser writes symbolic value_info that tract would trust over the
         // real shapes: ignore it and pin the inputs from the manifest instead.
         let mut inference = onnx()

@@ -85,7 +85,21 @@ pub fn choose_head(
     fp32_min_speedup: f32,
     seconds: usize,
 ) -> Result<Chosen, ModelError> {
+    use super::head_parts::{QUESTION_PART, SECOND_PART, WINDOW_PART, time_parts};
     let gate = |int8: &ModelEntry| {
+        // The question part stands for the three (choose_by checks it); the others must be
+        // as safe for tract's AMX int8 kernel when this process lets tract use it.
+        if super::amx_int8_in_force()
+            && let Some(part) = [SECOND_PART, WINDOW_PART]
+                .into_iter()
+                .find(|p| manifest.find(p, "int8").is_some_and(|e| !e.amx_int8_safe()))
+        {
+            return Some(format!(
+                "auto: int8 not considered: this process lets tract use its AMX int8 kernel, \
+                 and {part}.int8's int8 products are not all recorded as multiples of {}",
+                super::AMX_INT8_K_STEP
+            ));
+        }
         let agreement = int8.check.as_ref().and_then(|c| c.top1_agreement);
         match agreement {
             Some(a) if a >= int8_min_agreement => None,
@@ -95,7 +109,6 @@ pub fn choose_head(
             )),
         }
     };
-    use super::head_parts::{QUESTION_PART, SECOND_PART, WINDOW_PART, time_parts};
     let timer = |m: &Manifest, e: &ModelEntry| time_parts(m, &e.precision, seconds);
     // "+second": the timing covers the per-second part too (verdicts timed without it re-time).
     let key = format!("{QUESTION_PART}+second@T{seconds}");
@@ -166,6 +179,20 @@ where
                     reason: "auto: no int8 model built".into(),
                 });
             };
+            if !int8.amx_int8_safe() && super::amx_int8_in_force() {
+                return Ok(Chosen {
+                    entry: fp32,
+                    reason: format!(
+                        "auto: int8 not considered: this process lets tract use its AMX int8 \
+                         kernel, and {}'s int8 products (K = {}) are not all multiples of {}",
+                        int8.id(),
+                        int8.int8_k
+                            .as_ref()
+                            .map_or("not recorded".into(), |ks| format!("{ks:?}")),
+                        super::AMX_INT8_K_STEP
+                    ),
+                });
+            }
             if let Some(reason) = (rule.gate)(&int8) {
                 return Ok(Chosen {
                     entry: fp32,
