@@ -11,9 +11,10 @@ PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good python3-numpy python3-pil
   # sound material: General MIDI soundfonts and real recordings
   fluid-soundfont-gm musescore-general-soundfont-small timgm6mb-soundfont
-  sonic-pi-samples
+  sonic-pi-samples csound-soundfont
   # pictures (gcompris-qt-data and tuxpaint-stamps-default also hold recordings)
   gcompris-qt-data tuxpaint-stamps-default openclipart-svg fonts-noto-color-emoji
+  ruby-gemojione libjs-emojify
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

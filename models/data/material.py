@@ -30,6 +30,9 @@ TUX = "/usr/share/tuxpaint/stamps/hobbies/music"
 OCA = "/usr/share/openclipart/svg/recreation/music"
 SONICPI = "/usr/share/sonic-pi/samples"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+SF_CSOUND = "/usr/share/sounds/sf2/sf_GMbank.sf2"
+EMOJIONE = "/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/svg"
+EMOJIFY = "/usr/share/javascript/emojify.js/images/emoji"
 
 SPLITS = ("train", "val", "test")
 
@@ -44,7 +47,9 @@ def material_split(split):
 # A picture is (kind, ref): kind "gc" = gcompris-qt-data instruments.rcc, "gcx" = the
 # xylophone composed from gcompris-qt-data melody.rcc, "oc" = openclipart-svg
 # recreation/music, "tux" = tuxpaint-stamps-default hobbies/music, "emoji" = a code point of
-# Noto Color Emoji.
+# Noto Color Emoji, "e1" = an EmojiOne 3 SVG (ruby-gemojione), "ej" = an emojify.js PNG
+# (libjs-emojify). Training has emoji of two other artists (EmojiOne, emojify.js) where they
+# draw the instrument; test keeps Noto's.
 
 PICTURES = {
     "accordion": {"train": [("gc", "accordion.svg")], "test": [("emoji", 0x1FA97)]},
@@ -64,7 +69,7 @@ PICTURES = {
     "congas": {"train": [("gc", "bongo.svg"), ("oc", "africandrum_benji_park1.svg")],
                "test": [("emoji", 0x1FA98)]},
     "drum": {"train": [("gc", "drum_kit.svg"), ("gc", "snare_drum.svg"),
-                       ("oc", "drums_jarno_vasamaa_.svg")],
+                       ("oc", "drums_jarno_vasamaa_.svg"), ("e1", "1F941")],
              "test": [("tux", "percussion/drumkit.png"), ("tux", "percussion/drum_tomtom_floor.png"),
                       ("emoji", 0x1F941)]},
     "electric_bass": {"train": [("oc", "bass_guitar_a.j._ashton_.svg")],
@@ -72,16 +77,19 @@ PICTURES = {
                       "test": [("tux", "string/guitar_electric_bass.png")]},
     "flute": {"train": [("gc", "flute_traversiere.svg"), ("oc", "flute_ganson.svg")],
               "test": [("emoji", 0x1FA88)]},
-    "piano": {"train": [("gc", "piano.svg"), ("oc", "piano_geraint_luff_01.svg")],
+    "piano": {"train": [("gc", "piano.svg"), ("oc", "piano_geraint_luff_01.svg"), ("e1", "1F3B9"),
+                        ("ej", "musical_keyboard.png")],
               "test": [("emoji", 0x1F3B9)]},
-    "saxophone": {"train": [("gc", "saxophone.svg"), ("oc", "saxophone_jarno_vasamaa_.svg")],
+    "saxophone": {"train": [("gc", "saxophone.svg"), ("oc", "saxophone_jarno_vasamaa_.svg"),
+                            ("e1", "1F3B7"), ("ej", "saxophone.png")],
                   "test": [("emoji", 0x1F3B7)]},
     "trumpet": {"train": [("gc", "trumpet.svg"), ("oc", "trumpet_b_flat__ganson.svg"),
-                          ("oc", "trumpet_b_flat_colour_ganso.svg")],
+                          ("oc", "trumpet_b_flat_colour_ganso.svg"), ("e1", "1F3BA"),
+                          ("ej", "trumpet.png")],
                 "test": [("tux", "brass/trumpet.png"), ("emoji", 0x1F3BA)]},
     "tuba": {"train": [("gc", "tuba.svg")], "test": []},
     "violin": {"train": [("gc", "violin.svg"), ("oc", "violin_colour_ganson.svg"),
-                         ("oc", "violin_ganson.svg")],
+                         ("oc", "violin_ganson.svg"), ("e1", "1F3BB"), ("ej", "violin.png")],
                "test": [("tux", "string/violin.png"), ("tux", "string/violin2.svg"),
                         ("emoji", 0x1F3BB)]},
     "xylophone": {"train": [("oc", "xylophone_ganson.svg")], "test": [("gcx", "xylofon")]},
@@ -125,7 +133,7 @@ GM = {
     "violin": ([(0, 40)], (55, 91), "legato"),
     "xylophone": ([(0, 13), (0, 12)], (65, 96), "pluck"),
 }
-TRAIN_FONTS = [SF_FLUID, SF_MUSESCORE]
+TRAIN_FONTS = [SF_FLUID, SF_MUSESCORE, SF_CSOUND]
 TEST_FONTS = [SF_TIMGM]
 
 RECORDINGS = {
@@ -212,6 +220,10 @@ def picture_name(pic):
     kind, ref = pic
     if kind == "emoji":
         return f"emoji U+{ref:X} (Noto Color Emoji)"
+    if kind == "e1":
+        return f"emoji U+{ref} (EmojiOne 3, ruby-gemojione)"
+    if kind == "ej":
+        return f"emojify.js {ref} (libjs-emojify)"
     return {"gc": "gcompris-qt-data instruments.rcc:", "gcx": "gcompris-qt-data melody.rcc:",
             "oc": "openclipart-svg recreation/music/", "tux": "tuxpaint-stamps-default hobbies/music/"}[kind] + ref
 
@@ -331,6 +343,11 @@ def picture_path(cache, pic):
         font = ImageFont.truetype(EMOJI_FONT, 109)  # CBDT bitmaps exist at 109 px only
         im = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
         ImageDraw.Draw(im).text((10, 10), chr(ref), font=font, embedded_color=True)
+    elif kind == "e1":
+        _rasterise(os.path.join(EMOJIONE, ref + ".svg"), tmp)
+        im = Image.open(tmp).convert("RGBA")
+    elif kind == "ej":
+        im = Image.open(os.path.join(EMOJIFY, ref)).convert("RGBA")
     elif kind == "gcx":
         im = _compose_xylophone(cache, tmp)
     else:
