@@ -29,8 +29,10 @@ did best of the three tried. On the 400-clip data set (2026-12-03) longer or fas
 did not help: lr 5e-4 over 30 epochs reached val 67.0 % at epoch 21 (train 81 %) against
 67.2 % for 14 epochs at 2e-4. Three times the clips (`make_dataset.py --train 1200`, the
 same recipe) raised validation to 71.7 % but lowered the held-out test to 56.7 % (tract parts;
-59.1 % for the shipped head): more scenes of the same training material fit that material
-better, not new material (models/head/README.md).
+59.1 % for the head shipped then): more scenes of the same training material fit that
+material better, not new material. New material did help: with csound's soundfont and two
+more emoji sets in the training split the same recipe reached 60.0 % (the head shipped since
+2026-12-03 15:00; models/head/README.md).
 
 **Why it is fast enough.** In TSPM only the temporal selection, the question grounding and the
 fusion depend on the question; the AV layer and the SPM of a second depend on the clip alone
@@ -53,7 +55,7 @@ projection keep their initial values; the prompt acts through which seconds are 
                selection in training (grouped_forward), so the TPM and the prompt projection
                learn. 2026-12-03, 14 epochs, 1 thread each, same seeds: val 68.0 % against
                67.0 % for full retrained in the same run; test (PyTorch) 59.4 % against 58.9 %
-               (the shipped head 59.1 %): within run-to-run noise, so the selection's random
+               (the head shipped then 59.1 %): within run-to-run noise, so the selection's random
                weights are not what holds the test accuracy down. Not shipped.
 
 **--time-slots** (any variant): `TSPMHead.enable_time_slots`, one learned vector per slot of
@@ -70,7 +72,7 @@ equal to the head without slots over 7 epochs (69.8 vs 70.4 %).
 standardized audio, visual and patch features, then dropout P on them, so that the head leans
 less on feature values peculiar to the training material. An experiment, not shipped: with
 0.2 / 0.2 (2026-12-03, 400 clips, 14 epochs) validation 67.4 % (best epoch 12) and the
-held-out test 58.2 % in PyTorch, against 67.2 % and 59.1 % for the shipped head (retraining
+held-out test 58.2 % in PyTorch, against 67.2 % and 59.1 % for the head shipped then (retraining
 the shipped recipe spreads 58.9-59.4 %): no gain where the test's new sounds and pictures are.
 
 Writes (variant full, unless --no-export): `--out`/tspm_head.npz (the trained weights, int8
