@@ -161,6 +161,13 @@ impl ModelEntry {
                 .is_some_and(|ks| ks.iter().all(|k| k % super::AMX_INT8_K_STEP == 0 && *k > 0))
     }
 
+    /// The recorded int8 reduction lengths for messages: `[9, 512]`, or "not recorded".
+    pub fn int8_k_text(&self) -> String {
+        self.int8_k
+            .as_ref()
+            .map_or("not recorded".into(), |ks| format!("{ks:?}"))
+    }
+
     /// The declared output named `name`, with its index.
     pub fn output(&self, name: &str) -> Option<(usize, &TensorSpec)> {
         self.outputs

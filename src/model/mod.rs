@@ -407,10 +407,7 @@ impl Model {
         if !entry.amx_int8_safe() && amx_int8_in_force() {
             return Err(ModelError::AmxInt8 {
                 model: id,
-                k: entry
-                    .int8_k
-                    .as_ref()
-                    .map_or("not recorded".into(), |ks| format!("{ks:?}")),
+                k: entry.int8_k_text(),
             });
         }
         // onnxruntime's quantiser writes symbolic value_info that tract would trust over the

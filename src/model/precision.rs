@@ -186,9 +186,7 @@ where
                         "auto: int8 not considered: this process lets tract use its AMX int8 \
                          kernel, and {}'s int8 products (K = {}) are not all multiples of {}",
                         int8.id(),
-                        int8.int8_k
-                            .as_ref()
-                            .map_or("not recorded".into(), |ks| format!("{ks:?}")),
+                        int8.int8_k_text(),
                         super::AMX_INT8_K_STEP
                     ),
                 });
