@@ -222,7 +222,12 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
         #[cfg(not(feature = "profile"))]
         let profile = None;
         Some(question_side(
-            cfg, &manifest, &features, args.runs, profile,
+            cfg,
+            &manifest,
+            &features,
+            args.runs,
+            profile,
+            &args.transforms,
         )?)
     };
 
@@ -462,7 +467,7 @@ fn run_stage(cfg: &Config, manifest: &Manifest, stage: &str, args: &Args) -> any
             let seconds = cfg.window.seconds.max(SELECTED);
             let window = SyntheticWindow::new(seconds);
             let x = window.inputs();
-            let mut h = HeadParts::load(manifest, precision, seconds)
+            let mut h = HeadParts::load_with(manifest, precision, seconds, &args.transforms)
                 .with_context(|| format!("loading the head parts ({precision})"))?;
             let n = h.row_len();
             let mut rows = vec![0.0f32; seconds * n];
@@ -596,6 +601,7 @@ fn question_side(
     features: &SegmentFeatures,
     runs: usize,
     profile: Option<usize>,
+    transforms: &[String],
 ) -> anyhow::Result<QuestionSide> {
     use crate::dsp::{MergedTokens, TokenMerger};
     use crate::model::encoders::{TOKENS, VISUAL_DIM};
@@ -658,8 +664,10 @@ fn question_side(
         {
             continue;
         }
-        let mut h = crate::model::head_parts::HeadParts::load(manifest, precision, seconds)
-            .with_context(|| format!("loading the head parts ({precision}) for the benchmark"))?;
+        let mut h = crate::model::head_parts::HeadParts::load_with(
+            manifest, precision, seconds, transforms,
+        )
+        .with_context(|| format!("loading the head parts ({precision}) for the benchmark"))?;
         let x = window.inputs();
         let n = h.row_len();
         let mut rows = vec![0.0f32; seconds * n];

@@ -53,6 +53,17 @@ pub struct HeadParts {
 impl HeadParts {
     /// Loads the three parts at `precision` for windows of `seconds` (≥ k) seconds.
     pub fn load(manifest: &Manifest, precision: &str, seconds: usize) -> Result<Self, ModelError> {
+        Self::load_with(manifest, precision, seconds, &[])
+    }
+
+    /// [`HeadParts::load`] with tract model transforms, as [`Model::load_with`] takes them
+    /// (for `bench --transform`).
+    pub fn load_with(
+        manifest: &Manifest,
+        precision: &str,
+        seconds: usize,
+        transforms: &[String],
+    ) -> Result<Self, ModelError> {
         let find = |name: &str| {
             manifest
                 .find(name, precision)
@@ -78,9 +89,9 @@ impl HeadParts {
         let answers = out_len(q, "logits")?;
         let dims = [("N", 1), ("T", seconds)];
         Ok(HeadParts {
-            second: Model::load_sized(manifest, s, &[("N", 1)], &[])?,
-            window: Model::load_sized(manifest, w, &dims, &[])?,
-            question: Model::load_sized(manifest, q, &dims, &[])?,
+            second: Model::load_sized(manifest, s, &[("N", 1)], transforms)?,
+            window: Model::load_sized(manifest, w, &dims, transforms)?,
+            question: Model::load_sized(manifest, q, &dims, transforms)?,
             seconds,
             row_len,
             question_columns: 0..question_width,
