@@ -19,7 +19,7 @@
 # DIR = target/cross/icount. Defaults: --cpus "cortex-a72 cortex-a76 neoverse-n1" (Pi 4, Pi 5,
 # and for Jetson Orin's Cortex-A78AE, which qemu 7.2 lacks, the Neoverse N1: same hwcaps as
 # cortex-a76 there, see cross/README.md), --runs 5, every stage of `bench --stage`.
-# --transform T (repeatable) is handed to `bench --transform=T` (the encoder stages only), e.g.
+# --transform T (repeatable) is handed to `bench --transform=T` (every model stage), e.g.
 # --transform -conv_nhwc counts the encoders without the default channel-last float convs.
 # Models: TSPM_MODEL_DIR or ~/.cache/tspm-edge/models; the tool: TSPM_QEMU_ICOUNT_SRC.
 # Counts are instruction counts, not time: stalls and memory do not show. See cross/README.md.
