@@ -323,11 +323,13 @@ fn auto_takes_int8_unless_fp32_is_enough_faster() {
     assert_eq!(gated.entry.precision, "fp32", "{}", gated.reason);
 }
 
-/// The model layer's own transform, `fast_quantize_linear` (a vectorised QuantizeLinear),
-/// changes no bit of a model's outputs: the int8 head's per-second and window parts on the
-/// saved real features of a 60-second case, with the transform and without it.
+/// The model layer's own tract transforms, `fast_quantize_linear` (a vectorised
+/// QuantizeLinear) and `unfused_residual_add` (the attention's residual add kept out of its
+/// product), change no bit of a model's outputs: the head's per-second and window parts, fp32
+/// and int8, on the saved real features of a 60-second case, with every default transform and
+/// with each of the two left out.
 #[test]
-fn fast_quantize_linear_changes_no_output_bit() {
+fn the_model_layers_own_transforms_change_no_output_bit() {
     let m = manifest();
     let path = util::model_dir().join("tspm_head_check.npz");
     let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&path).unwrap()).unwrap();
@@ -345,52 +347,55 @@ fn fast_quantize_linear_changes_no_output_bit() {
         read("valid"),
     );
     let t = valid.len();
-    let variants = [Vec::new(), vec!["-fast_quantize_linear".to_string()]];
+    let variants = [
+        Vec::new(),
+        vec!["-fast_quantize_linear".to_string()],
+        vec!["-unfused_residual_add".to_string()],
+    ];
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let dim = |d: &tspm_edge::model::Dim| d.to_string().parse::<usize>().unwrap();
 
-    let second = m.find("tspm_second", "int8").unwrap();
-    let rows: Vec<Vec<f32>> = variants
-        .iter()
-        .map(|tr| {
-            let mut s = Model::load_sized(&m, second, &[("N", t)], tr).unwrap();
-            s.run(&[
-                (&[t, 1024], &audio),
-                (&[t, 1280], &visual),
-                (&[t, 14, 1280], &patches),
-            ])
-            .unwrap();
-            s.output_by_name("packed").unwrap().to_vec()
-        })
-        .collect();
-    assert_eq!(bits(&rows[0]), bits(&rows[1]), "tspm_second.int8 rows");
-
-    let window = m.find("tspm_window", "int8").unwrap();
-    let width = second.outputs[0]
-        .shape
-        .last()
-        .unwrap()
-        .to_string()
-        .parse::<usize>()
-        .unwrap();
-    let cols = window.inputs[0]
-        .shape
-        .last()
-        .unwrap()
-        .to_string()
-        .parse::<usize>()
-        .unwrap();
-    let packed: Vec<f32> = rows[0]
-        .chunks(width)
-        .flat_map(|row| row[width - cols..].iter().copied())
-        .collect();
-    let contexts: Vec<Vec<u32>> = variants
-        .iter()
-        .map(|tr| {
-            let mut w = Model::load_sized(&m, window, &[("N", 1), ("T", t)], tr).unwrap();
-            w.run(&[(&[1, t, cols], &packed), (&[1, t], &valid)])
+    for precision in ["fp32", "int8"] {
+        let second = m.find("tspm_second", precision).unwrap();
+        let rows: Vec<Vec<f32>> = variants
+            .iter()
+            .map(|tr| {
+                let mut s = Model::load_sized(&m, second, &[("N", t)], tr).unwrap();
+                s.run(&[
+                    (&[t, 1024], &audio),
+                    (&[t, 1280], &visual),
+                    (&[t, 14, 1280], &patches),
+                ])
                 .unwrap();
-            bits(w.output(0).unwrap())
-        })
-        .collect();
-    assert_eq!(contexts[0], contexts[1], "tspm_window.int8 context");
+                s.output_by_name("packed").unwrap().to_vec()
+            })
+            .collect();
+        for (r, tr) in rows.iter().zip(&variants).skip(1) {
+            assert_eq!(
+                bits(&rows[0]),
+                bits(r),
+                "tspm_second.{precision} rows, {tr:?}"
+            );
+        }
+
+        let window = m.find("tspm_window", precision).unwrap();
+        let width = dim(second.outputs[0].shape.last().unwrap());
+        let cols = dim(window.inputs[0].shape.last().unwrap());
+        let packed: Vec<f32> = rows[0]
+            .chunks(width)
+            .flat_map(|row| row[width - cols..].iter().copied())
+            .collect();
+        let contexts: Vec<Vec<u32>> = variants
+            .iter()
+            .map(|tr| {
+                let mut w = Model::load_sized(&m, window, &[("N", 1), ("T", t)], tr).unwrap();
+                w.run(&[(&[1, t, cols], &packed), (&[1, t], &valid)])
+                    .unwrap();
+                bits(w.output(0).unwrap())
+            })
+            .collect();
+        for (c, tr) in contexts.iter().zip(&variants).skip(1) {
+            assert_eq!(&contexts[0], c, "tspm_window.{precision} context, {tr:?}");
+        }
+    }
 }
