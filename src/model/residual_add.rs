@@ -142,25 +142,47 @@ mod tests {
     use super::*;
     use tract_core::ops::einsum::EinSum;
 
+    /// `x + a·b` with a [6, 5] and b [5, 7]: b computed (an attention's values) or a weight.
+    fn product_plus_residual(b_is_weight: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let a = model.add_source("a", f32::fact([6, 5])).unwrap();
+        let b = if b_is_weight {
+            model.add_const("b", tensor2(&[[0.5f32; 7]; 5])).unwrap()
+        } else {
+            model.add_source("b", f32::fact([5, 7])).unwrap()
+        };
+        let x = model.add_source("x", f32::fact([6, 7])).unwrap();
+        let ab = model
+            .wire_node(
+                "ab",
+                EinSum::new("mk,kn->mn".parse().unwrap(), f32::datum_type()),
+                &[a, b],
+            )
+            .unwrap();
+        let y = model
+            .wire_node("y", tract_core::ops::math::add(), &[x, ab[0]])
+            .unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    fn apply_transform(model: &mut TypedModel) {
+        let transform = tract_core::transform::get_transform(NAME).unwrap();
+        transform
+            .expect("registered with tract")
+            .transform(model)
+            .unwrap();
+    }
+
+    fn swapped(model: &TypedModel) -> bool {
+        model.nodes().iter().any(|n| n.op_is::<ResidualAdd>())
+    }
+
     /// x + P·V, as the head's attention writes it: the transform swaps the add, not the
     /// product, and the result stays bit for bit.
     #[test]
     fn the_transform_is_registered_and_swaps_the_residual_add_keeping_its_bits() {
-        let mut model = TypedModel::default();
-        let p = model.add_source("p", f32::fact([6, 5])).unwrap();
-        let v = model.add_source("v", f32::fact([5, 7])).unwrap();
-        let x = model.add_source("x", f32::fact([6, 7])).unwrap();
-        let pv = model
-            .wire_node(
-                "pv",
-                EinSum::new("mk,kn->mn".parse().unwrap(), f32::datum_type()),
-                &[p, v],
-            )
-            .unwrap();
-        let y = model
-            .wire_node("y", tract_core::ops::math::add(), &[x, pv[0]])
-            .unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let mut model = product_plus_residual(false);
         let vals = |n: usize, s: f32| -> Tensor {
             let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * s).collect();
             tensor1(&v)
@@ -178,41 +200,16 @@ mod tests {
             out[0].clone().into_tensor()
         };
         let before = run(&model);
-        let transform = tract_core::transform::get_transform(NAME).unwrap();
-        transform
-            .expect("registered with tract")
-            .transform(&mut model)
-            .unwrap();
-        assert!(
-            model.nodes().iter().any(|n| n.op_is::<ResidualAdd>()),
-            "the add was not swapped: {model}"
-        );
+        apply_transform(&mut model);
+        assert!(swapped(&model), "the add was not swapped: {model}");
         assert!(model.nodes().iter().any(|n| n.op_is::<EinSum>()));
         assert_eq!(run(&model), before);
     }
 
     #[test]
     fn a_product_with_a_weight_keeps_its_fused_add() {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([6, 5])).unwrap();
-        let w = model.add_const("w", tensor2(&[[0.5f32; 7]; 5])).unwrap();
-        let r = model.add_source("r", f32::fact([6, 7])).unwrap();
-        let xw = model
-            .wire_node(
-                "xw",
-                EinSum::new("mk,kn->mn".parse().unwrap(), f32::datum_type()),
-                &[x, w],
-            )
-            .unwrap();
-        let y = model
-            .wire_node("y", tract_core::ops::math::add(), &[r, xw[0]])
-            .unwrap();
-        model.select_output_outlets(&y).unwrap();
-        let transform = tract_core::transform::get_transform(NAME).unwrap();
-        transform
-            .expect("registered")
-            .transform(&mut model)
-            .unwrap();
-        assert!(!model.nodes().iter().any(|n| n.op_is::<ResidualAdd>()));
+        let mut model = product_plus_residual(true);
+        apply_transform(&mut model);
+        assert!(!swapped(&model));
     }
 }
