@@ -54,8 +54,8 @@ pub struct Args {
     #[arg(long, value_name = "STAGE", conflicts_with = "only")]
     pub stage: Option<String>,
     /// tract model transform to apply before optimisation (repeatable), besides the default
-    /// ones (`conv_nhwc`, `fast_quantize_linear`); `-NAME` leaves a default out, e.g.
-    /// `--transform=-conv_nhwc`.
+    /// ones (`conv_nhwc`, `fast_quantize_linear`, `unfused_residual_add`); `-NAME` leaves a
+    /// default out, e.g. `--transform=-conv_nhwc`.
     #[arg(long = "transform", value_name = "NAME")]
     pub transforms: Vec<String>,
     /// Also profile each timed model node by node with tract's profiler and print the
