@@ -179,6 +179,38 @@ def fold_standardization(model, stats):
             lin.bias.sub_(lin.weight @ mu)
 
 
+def imagenet_classifier(model_dir):
+    """EfficientNet-Lite0's ImageNet classifier (W [1000,1280], b [1000]) from the encoder file."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(os.path.join(model_dir, "efficientnet_lite0.fp32.onnx"))
+    init = {i.name: i for i in m.graph.initializer}
+    node = next(n for n in m.graph.node if n.op_type == "Gemm" and "logits" in n.output)
+    w, b = (numpy_helper.to_array(init[n]).astype(np.float32) for n in node.input[1:3])
+    return w, b
+
+
+def to_imagenet_basis(split, w, b):
+    """In place: visual and patch features -> their ImageNet logits (x W^T + b). Linear, so the
+    merged tokens' logits are the logits of the merged features."""
+    for c in split.clips:
+        c["visual"] = c["visual"].astype(np.float32) @ w.T + b
+        c["patches"] = c["patches"].astype(np.float32) @ w.T + b
+
+
+def compose_imagenet_basis(model, w, b):
+    """-> a head with the usual inputs: proj(x W^T + b) = x (P W)^T + (P b + p)."""
+    out = tspm.TSPMHead(model.answer.out_features, **tspm.OUR_DIMS)
+    state = model.state_dict()
+    wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+    for layer in ("proj_visual", "proj_patch"):
+        pw, pb = state[f"{layer}.weight"], state[f"{layer}.bias"]
+        state[f"{layer}.weight"] = pw @ wt
+        state[f"{layer}.bias"] = pw @ bt + pb
+    out.load_state_dict(state)
+    return out
+
+
 def load_text(data_dir):
     d = np.load(os.path.join(data_dir, "text.npz"))
     return d["emb"], {t: i for i, t in enumerate(d["texts"].tolist())}
@@ -188,9 +220,10 @@ def make_batch(clips, emb):
     """Pads the clips to the longest (valid = 0) and lists their questions."""
     t_max = max(len(c["valid"]) for c in clips)
     c_n = len(clips)
-    audio = np.zeros((c_n, t_max, 1024), np.float32)
-    visual = np.zeros((c_n, t_max, 1280), np.float32)
-    patches = np.zeros((c_n, t_max, 14, 1280), np.float32)
+    c0 = clips[0]
+    audio = np.zeros((c_n, t_max, c0["audio"].shape[-1]), np.float32)
+    visual = np.zeros((c_n, t_max, c0["visual"].shape[-1]), np.float32)
+    patches = np.zeros((c_n, t_max) + c0["patches"].shape[1:], np.float32)
     valid = np.zeros((c_n, t_max), np.float32)
     ci, q, p, ans, rec = [], [], [], [], []
     for j, c in enumerate(clips):
@@ -439,13 +472,20 @@ def train(args):
     log(f"data {args.data}: train {len(tr.clips)} clips / {tr.n_questions} questions, val "
         f"{len(va.clips)} / {va.n_questions} (loaded in {time.time() - t0:.1f} s); variant {args.variant}")
     all_time = args.variant == "alltime"
+    va_raw = Split(args.data, "val", args.variant, text)
+    dims = dict(tspm.OUR_DIMS)
+    if args.visual_basis == "imagenet":
+        cls_w, cls_b = imagenet_classifier(args.model_dir)
+        for sp in (tr, va):
+            to_imagenet_basis(sp, cls_w, cls_b)
+        dims.update(d_visual=cls_w.shape[0], d_patch=cls_w.shape[0])
+        log(f"visual and patch inputs in the ImageNet classifier's basis ({cls_w.shape[0]} logits)")
     stats = input_stats(tr) if args.standardize else None
     if stats:
-        va_raw = Split(args.data, "val", args.variant, text)
         standardize(tr, stats)
         standardize(va, stats)
 
-    model = tspm.TSPMHead(len(answers), **tspm.OUR_DIMS)  # same init as export_head (SEED)
+    model = tspm.TSPMHead(len(answers), **dims)  # same init as export_head (SEED)
     if args.time_slots:
         model.enable_time_slots()  # zeros: the other parameters' init is unchanged
     d, scale = check_grouped(model, make_batch(tr.clips[:2], emb), all_time)
@@ -500,14 +540,18 @@ def train(args):
     fold_diff = None
     if stats:
         fold_standardization(model, stats)
+    if args.visual_basis == "imagenet":
+        model = compose_imagenet_basis(model, cls_w, cls_b)
+    if stats or args.visual_basis == "imagenet":
         pred, _ = predict(model, va_raw, emb, all_time=all_time)
         folded = accuracy_table(va_raw.records, pred)["overall"]["acc"]
-        log(f"standardization folded into the input projections: val acc on raw features "
+        log(f"standardization (and basis) folded into the input projections: val acc on raw features "
             f"{100 * folded:.2f} % (standardized {100 * best['acc']:.2f} %)")
         fold_diff = folded - best["acc"]
     log(f"best epoch {best['epoch']}: val {fmt_table(best['table'])}")
     report = dict(
-        variant=args.variant, time_slots=args.time_slots, data=args.data, seed=SEED, shuffle_seed=args.seed,
+        variant=args.variant, time_slots=args.time_slots, visual_basis=args.visual_basis, data=args.data,
+        seed=SEED, shuffle_seed=args.seed,
         recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
                     epochs=args.epochs, clips_per_batch=args.clips_per_batch, dropout=0.1,
                     loss="cross-entropy over models/answers.txt (%d)" % len(answers),
@@ -545,6 +589,9 @@ def main():
                          "(default 0: none)")
     ap.add_argument("--time-slots", action="store_true",
                     help="add the QTG time-slot embeddings (TSPMHead.enable_time_slots)")
+    ap.add_argument("--visual-basis", choices=("raw", "imagenet"), default="raw",
+                    help="experiment: imagenet = the visual and patch projections read EfficientNet's "
+                         "ImageNet logits of the features (composed into one Linear after training)")
     ap.add_argument("--no-standardize", dest="standardize", action="store_false",
                     help="feed raw features in training (default: standardized, then folded)")
     args = ap.parse_args()

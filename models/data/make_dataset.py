@@ -3,7 +3,7 @@
 
     ~/.cache/tspm-edge/venv/bin/python models/data/make_dataset.py [--data DIR]
         [--train 400] [--val 60] [--test 100] [--min-s 10] [--max-s 30] [--jobs 2]
-        [--per-template 3] [--seed 7] [--bin target/release/tspm-edge] [--prompts-bin BIN]
+        [--per-template 3] [--seed 7] [--augment] [--bin target/release/tspm-edge] [--prompts-bin BIN]
 
 (`bash models/data/make_dataset.sh` runs it in the model build's venv.) DIR defaults to
 $TSPM_DATA_DIR, else ~/.cache/tspm-edge/data. Every step is cached, so a second run only does
@@ -101,7 +101,7 @@ def do_chunk(job):
     t0 = time.time()
     cmd = [sys.executable, os.path.join(HERE, "synth.py"), "--out", out, "--split", split,
            "--count", str(count), "--start", str(start), "--min-s", str(a["min_s"]),
-           "--max-s", str(a["max_s"]), "--seed", str(a["seed"])]
+           "--max-s", str(a["max_s"]), "--seed", str(a["seed"])] + (["--augment"] if a["augment"] else [])
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"synth.py {split} {start}+{count} failed:\n{r.stderr[-2000:]}")
@@ -240,6 +240,8 @@ def main():
     ap.add_argument("--per-template", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--augment", action="store_true",
+                    help="synth.py --augment: random equaliser and picture looks in the training split")
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--bin", default=os.environ.get("TSPM_EDGE_BIN", os.path.join(REPO, "target", "release", "tspm-edge")),
                     help="tspm-edge binary for `extract`")

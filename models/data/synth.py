@@ -2,7 +2,7 @@
 """Scene synthesiser: MUSIC-AVQA-style clips from real Debian material, with ground truth.
 
     /usr/bin/python3 models/data/synth.py --out DIR --split train|val|test [--count N]
-        [--min-s 10] [--max-s 60] [--seed 7] [--start 0] [--cache DIR] [--fps 4]
+        [--min-s 10] [--max-s 60] [--seed 7] [--start 0] [--cache DIR] [--fps 4] [--augment]
 
 Writes, per clip, `DIR/<split>-NNNNN.webm` (VP8 448x448 video + Vorbis 16 kHz mono audio, one
 stream each; GStreamer's decodebin reads it, so `tspm-edge extract` does) and
@@ -20,6 +20,14 @@ index, i])`, so a clip does not depend on how many others are rendered or in wha
 `--start` renders a later range (for parallel or resumed runs). fluidsynth, sox and espeak-ng
 run without random dither or reverb; the encoders are deterministic.
 
+**--augment** (training split only): every sounding stem goes through a random smooth
+equaliser and every picture through random colour, contrast, outline and shape changes,
+drawn from a second generator `default_rng([seed, split index, i, AUG_STREAM])`, so the
+scene itself (instruments, spans, places, levels) is the one the clip has without it. The
+training material has only 1-5 pictures and a few sound sources per instrument; the test
+split's are others (`material.py`), and the head learns the look and timbre of the training
+ones (models/head/README.md).
+
 Material and split: `material.py` (train and test never share a picture, a recording, a
 soundfont or a voice). Needs the packages of `install-material.sh`.
 """
@@ -34,7 +42,7 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import material as M  # noqa: E402
@@ -47,6 +55,7 @@ INSTRUMENTS = ["accordion", "acoustic_guitar", "bagpipe", "banjo", "bassoon", "c
 POSITIONS = ["left", "middle", "right"]
 SLOT_X = {"left": 1 / 6, "middle": 1 / 2, "right": 5 / 6}
 GT_VERSION = 1
+AUG_STREAM = 99  # the last word of the augmentation generator's seed (see --augment)
 
 
 def log(msg):
@@ -345,7 +354,21 @@ def onset_times(x):
     return (np.array(peaks) + 1) * hop / SR
 
 
-def render_audio(rng, scene, cache, tmp):
+def random_eq(aug, x):
+    """A random smooth equaliser: a tilt of up to +-3 dB per octave about 1 kHz plus three
+    bumps or notches of up to +-9 dB, one octave wide, at random frequencies (80 Hz-6 kHz),
+    so one training sound source passes for many microphones, rooms and instruments."""
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    octv = np.log2(np.maximum(f, 20.0) / 1000.0)
+    gain_db = aug.uniform(-3, 3) * np.clip(octv, -4, 3)
+    for _ in range(3):
+        c = np.log2(aug.uniform(80, 6000) / 1000.0)
+        gain_db += aug.uniform(-9, 9) * np.exp(-0.5 * ((octv - c) / 0.5) ** 2)
+    y = np.fft.irfft(np.fft.rfft(x) * 10 ** (gain_db / 20), n=len(x))
+    return y.astype(np.float32)
+
+
+def render_audio(rng, scene, cache, tmp, aug=None):
     dur = scene["duration_s"]
     n = int(round(dur * SR))
     stems = []
@@ -353,6 +376,8 @@ def render_audio(rng, scene, cache, tmp):
         if not o["audible"]:
             continue
         x = render_stem(rng, o, dur, cache, tmp, f"stem{k}")
+        if aug is not None:
+            x = random_eq(aug, x) * span_mask(o["spans"], n)
         m = in_spans(o["spans"], n)
         x *= np.float32(10 ** ((o["level_db"] - rms_db(x[m])) / 20))
         stems.append((o, x))
@@ -446,12 +471,46 @@ def background(rng, place, W):
     return img.filter(ImageFilter.GaussianBlur(0.8)), floor
 
 
-def prepare_sprites(rng, scene, cache, W, floor):
+def augment_picture(aug, im):
+    """Random look of one RGBA picture: hue turn, saturation, brightness, contrast, sometimes
+    grey, posterised (flat emoji-like colours), blurred or outlined, stretched and tilted."""
+    alpha = im.getchannel("A")
+    rgb = im.convert("RGB")
+    if aug.random() < 0.5:
+        h, s_, v = rgb.convert("HSV").split()
+        turn = int(aug.integers(0, 256))
+        h = h.point(lambda p: (p + turn) % 256)
+        rgb = Image.merge("HSV", (h, s_, v)).convert("RGB")
+    rgb = ImageEnhance.Color(rgb).enhance(aug.uniform(0.3, 1.6))
+    rgb = ImageEnhance.Brightness(rgb).enhance(aug.uniform(0.7, 1.3))
+    rgb = ImageEnhance.Contrast(rgb).enhance(aug.uniform(0.6, 1.4))
+    r = aug.random()
+    if r < 0.15:
+        rgb = ImageOps.grayscale(rgb).convert("RGB")
+    elif r < 0.35:
+        rgb = ImageOps.posterize(rgb, int(aug.integers(2, 4)))
+    elif r < 0.5:
+        rgb = rgb.filter(ImageFilter.GaussianBlur(aug.uniform(1.0, 2.5)))
+    elif r < 0.6:
+        edges = rgb.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda p: 255 if p > 40 else 0)
+        edges = ImageOps.invert(edges)
+        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, (20, 20, 20)), edges)
+    im = rgb.convert("RGBA")
+    im.putalpha(alpha)
+    w, h = im.size
+    st = aug.uniform(0.8, 1.25)
+    im = im.resize((max(1, int(w * st)), max(1, int(h / st))), Image.BILINEAR)
+    return im.rotate(aug.uniform(-15, 15), resample=Image.BILINEAR, expand=True)
+
+
+def prepare_sprites(rng, scene, cache, W, floor, aug=None):
     out = []
     for o in scene["objects"]:
         if not o["visible"]:
             continue
         im = M.load_sprite(cache, tuple(o["picture"]))
+        if aug is not None:
+            im = augment_picture(aug, im.convert("RGBA"))
         if rng.random() < 0.5:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         w, h = im.size
@@ -468,9 +527,9 @@ def prepare_sprites(rng, scene, cache, W, floor):
     return out
 
 
-def render_frames(rng, scene, cache, fps, W):
+def render_frames(rng, scene, cache, fps, W, aug=None):
     bg, floor = background(rng, scene["place"], W)
-    sprites = prepare_sprites(rng, scene, cache, W, floor)
+    sprites = prepare_sprites(rng, scene, cache, W, floor, aug)
     n_frames = int(round(scene["duration_s"] * fps))
     for f in range(n_frames):
         t = (f + 0.5) / fps
@@ -546,11 +605,14 @@ def render_clip(seed, split, index, args):
     for o in scene["objects"]:
         o["position_phase"] = float(rng.uniform(0, 6.28))
     media = os.path.join(args.out, clip_id + ".webm")
+    aug = None
+    if args.augment and split == "train":
+        aug = np.random.default_rng([seed, M.SPLITS.index(split), index, AUG_STREAM])
     with tempfile.TemporaryDirectory(prefix="synth-") as tmp:
-        mix = render_audio(rng, scene, args.cache, tmp)
+        mix = render_audio(rng, scene, args.cache, tmp, aug)
         wav = os.path.join(tmp, "mix.wav")
         M.write_wav(wav, mix)
-        encode(render_frames(rng, scene, args.cache, args.fps, FRAME_PX), args.fps, FRAME_PX, wav, media)
+        encode(render_frames(rng, scene, args.cache, args.fps, FRAME_PX, aug), args.fps, FRAME_PX, wav, media)
     gt = ground_truth(scene, media, args.fps, FRAME_PX)
     path = os.path.join(args.out, clip_id + ".json")
     with open(path + ".part", "w") as f:
@@ -571,6 +633,8 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/tspm-edge/data-material"))
     ap.add_argument("--force", action="store_true", help="re-render clips that exist")
+    ap.add_argument("--augment", action="store_true",
+                    help="training split: random equaliser on the stems, random look of the pictures")
     args = ap.parse_args()
     if not 10 <= args.min_s <= args.max_s:
         ap.error("need 10 <= --min-s <= --max-s")
