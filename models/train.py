@@ -75,6 +75,14 @@ less on feature values peculiar to the training material. An experiment, not shi
 held-out test 58.2 % in PyTorch, against 67.2 % and 59.1 % for the head shipped then (retraining
 the shipped recipe spreads 58.9-59.4 %): no gain where the test's new sounds and pictures are.
 
+**--visual-basis imagenet** (any variant): the visual and patch projections read the ImageNet
+logits of the features (EfficientNet-Lite0's own classifier from efficientnet_lite0.fp32.onnx,
+x W^T + b, standardized) instead of the 1280 features; after training the classifier is
+composed into the two Linears, so the saved and exported head is the usual one. An experiment,
+not shipped: 2026-12-03, 400 clips, 14 epochs, test (PyTorch) 59.4 / 60.2 % with shuffling
+seeds 7 / 8 against 60.0 / 60.2 % for the shipped recipe; with `make_dataset.py --augment`'s
+training material 60.6 / 60.1 % (models/head/README.md).
+
 Writes (variant full, unless --no-export): `--out`/tspm_head.npz (the trained weights, int8
 per output row + fp32 scales for matrices, fp16 for vectors; see models/head/README.md),
 `--out`/train_report.json, then runs models/export_head.py to build the ONNX files from them.
