@@ -480,7 +480,6 @@ def train(args):
     log(f"data {args.data}: train {len(tr.clips)} clips / {tr.n_questions} questions, val "
         f"{len(va.clips)} / {va.n_questions} (loaded in {time.time() - t0:.1f} s); variant {args.variant}")
     all_time = args.variant == "alltime"
-    va_raw = Split(args.data, "val", args.variant, text)
     dims = dict(tspm.OUR_DIMS)
     if args.visual_basis == "imagenet":
         cls_w, cls_b = imagenet_classifier(args.model_dir)
@@ -489,6 +488,8 @@ def train(args):
         dims.update(d_visual=cls_w.shape[0], d_patch=cls_w.shape[0])
         log(f"visual and patch inputs in the ImageNet classifier's basis ({cls_w.shape[0]} logits)")
     stats = input_stats(tr) if args.standardize else None
+    if stats or args.visual_basis == "imagenet":
+        va_raw = Split(args.data, "val", args.variant, text)  # to check the folded head on raw inputs
     if stats:
         standardize(tr, stats)
         standardize(va, stats)

@@ -241,7 +241,8 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--augment", action="store_true",
-                    help="synth.py --augment: random equaliser and picture looks in the training split")
+                    help="synth.py --augment: random equaliser and picture looks in the training split "
+                         "(clips that exist are kept: use a fresh --data DIR)")
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--bin", default=os.environ.get("TSPM_EDGE_BIN", os.path.join(REPO, "target", "release", "tspm-edge")),
                     help="tspm-edge binary for `extract`")

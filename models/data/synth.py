@@ -510,7 +510,7 @@ def prepare_sprites(rng, scene, cache, W, floor, aug=None):
             continue
         im = M.load_sprite(cache, tuple(o["picture"]))
         if aug is not None:
-            im = augment_picture(aug, im.convert("RGBA"))
+            im = augment_picture(aug, im)
         if rng.random() < 0.5:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         w, h = im.size
