@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the tspm-edge encoder models (see models/README.md).
-#   bash models/build.sh [--model-dir DIR] [--force]
+#   bash models/build.sh [--model-dir DIR] [--force] [--visual-side 224|448]
 # DIR defaults to $TSPM_MODEL_DIR or $HOME/.cache/tspm-edge/models; the venv lives in
 # $TSPM_VENV or DIR/../venv. Idempotent: a second run verifies the outputs and exits in seconds.
 set -euo pipefail
@@ -8,11 +8,14 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODEL_DIR="${TSPM_MODEL_DIR:-$HOME/.cache/tspm-edge/models}"
 FORCE=()
+SIDE=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model-dir) MODEL_DIR="$2"; shift 2 ;;
     --model-dir=*) MODEL_DIR="${1#*=}"; shift ;;
     --force) FORCE=(--force); shift ;;
+    --visual-side) SIDE=(--visual-side "$2"); shift 2 ;;
+    --visual-side=*) SIDE=(--visual-side "${1#*=}"); shift ;;
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "[models] unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -65,7 +68,7 @@ else
   log "venv $VENV satisfies models/requirements.txt"
 fi
 log "building into $MODEL_DIR"
-"$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
+"$VENV/bin/python" -W ignore "$HERE/build.py" --model-dir "$MODEL_DIR" "${FORCE[@]}" "${SIDE[@]}"
 log "text embedding table (models/export_text_table.py)"
 "$VENV/bin/python" -W ignore "$HERE/export_text_table.py" --model-dir "$MODEL_DIR" "${FORCE[@]}"
 # The TSPM head: ONNX fp32 + int8 built from the committed trained weights (models/head/,

@@ -6,9 +6,17 @@ TensorFlow EfficientNet-Lite checkpoint with a fork of EfficientNet-PyTorch
 Lite means: ReLU6 everywhere, no squeeze-excite, stem (32) and head (1280) not scaled.
 
 TensorFlow convolutions use "SAME" padding, which is asymmetric for stride 2 (the extra
-row/column goes to the bottom/right).  The network is built for a fixed 224x224 input, so the
+row/column goes to the bottom/right).  The network is built for a fixed input size, so the
 padding of every conv is static and is given to `nn.Conv2d` when it is symmetric, or applied
 with `F.pad` when it is not (the ONNX export pass folds that Pad into the Conv's `pads`).
+For every even size down to the last map (224 or 448 here) the pads are the same, so the
+ImageNet weights (trained at 224) run unchanged at 448.
+
+By default it runs at 224, its training size. `build.py --visual-side 448` builds it for
+448x448, the side of the data set's frames: an instrument a third of the frame wide is ~70 px
+at 224, and held-out pictures of it are named less often there (models/probe.py `scale`). The
+last map is then 14x14; the tokens are its 2x2 means, so they stay a 7x7 grid and everything
+downstream keeps its shapes.
 
 `forward` returns (pooled [N,1280], tokens [N,49,1280], logits [N,1000]).
 """
@@ -19,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # the encoder's input side; build.py --visual-side sets it (module doc)
+TOKEN_GRID = 7  # tokens: the last map averaged down to TOKEN_GRID x TOKEN_GRID
 BN_EPS = 1e-3  # EfficientNet-PyTorch / TensorFlow default
 # (repeats, kernel, stride, expand_ratio, in_channels, out_channels) for width=depth=1.0
 STAGES = [
@@ -90,9 +99,9 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    def __init__(self):
+    def __init__(self, image_size=None):
         super().__init__()
-        size = IMAGE_SIZE
+        size = image_size or IMAGE_SIZE
         self._conv_stem = SameConv(3, STEM_CHANNELS, 3, 2, size)
         size = self._conv_stem.out_size
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
@@ -107,18 +116,23 @@ class EfficientNetLite0(nn.Module):
         self._conv_head = SameConv(STAGES[-1][5], HEAD_CHANNELS, 1, 1, size)
         self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
         self._fc = nn.Linear(HEAD_CHANNELS, NUM_CLASSES)
-        self.grid = size  # 7
+        self.grid = size  # 7 at 224, 14 at 448
+        if size % TOKEN_GRID:
+            raise ValueError(f"input side {image_size or IMAGE_SIZE}: last map {size}x{size} is not a multiple of {TOKEN_GRID}")
 
     def features(self, x):
         x = relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return relu6(self._bn1(self._conv_head(x)))  # [N, 1280, 7, 7]
+        return relu6(self._bn1(self._conv_head(x)))  # [N, 1280, grid, grid]
 
     def forward(self, image):
         fmap = self.features(image)
         pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # [N, 1280]
-        cells = self.grid * self.grid
+        if self.grid != TOKEN_GRID:  # exact means of (grid / 7)^2 cells; AveragePool in ONNX
+            k = self.grid // TOKEN_GRID
+            fmap = F.avg_pool2d(fmap, k, k)
+        cells = TOKEN_GRID * TOKEN_GRID
         tokens = fmap.reshape(-1, HEAD_CHANNELS, cells).transpose(1, 2)  # [N, 49, 1280], (y, x)
         logits = self._fc(pooled)
         return pooled, tokens, logits
@@ -141,8 +155,8 @@ def load_state_dict(model, path):
     return sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
 
 
-def build(path):
-    model = EfficientNetLite0()
+def build(path, image_size=None):
+    model = EfficientNetLite0(image_size)
     nparams = load_state_dict(model, path)
     model.eval()
     return model, nparams

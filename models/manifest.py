@@ -108,7 +108,8 @@ def write(d, report, contract_path):
 
     eff = report["efficientnet_lite0"]
     yam = report["yamnet"]
-    eff_pre = dict(size=224, mean=[round(x, 7) for x in eff["mean"]],
+    import efficientnet_lite0 as E
+    eff_pre = dict(size=E.IMAGE_SIZE, mean=[round(x, 7) for x in eff["mean"]],
                    std=[round(x, 7) for x in eff["std"]], resize="bicubic-short-side",
                    crop="center", scale="rgb/255", layout="NCHW",
                    normalisation=eff["chosen_normalisation"])
@@ -150,8 +151,9 @@ def write(d, report, contract_path):
         entries.append(e)
     with open(os.path.join(d, "manifest.toml"), "w") as f:
         f.write(render(entries, with_sha=True))
-    with open(contract_path, "w") as f:
-        f.write(render(entries, with_sha=False))
+    if contract_path is not None:
+        with open(contract_path, "w") as f:
+            f.write(render(entries, with_sha=False))
 
 
 def _check(r):

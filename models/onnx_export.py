@@ -149,7 +149,8 @@ def _prune(model):
 
 def fold_pads(model):
     """Fold constant zero `Pad` nodes that feed only a Conv into that Conv's `pads` attribute
-    (TF-SAME asymmetric padding): the graph tract and the quantiser see is plain Conv."""
+    (TF-SAME asymmetric padding): the graph tract and the quantiser see is plain Conv. Pads of
+    zero width are dropped."""
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for n in g.node:
@@ -169,9 +170,15 @@ def fold_pads(model):
         if len(pad.input) > 2 and pad.input[2] and float(consts.get(pad.input[2], 1)) != 0.0:
             continue
         users = consumers.get(pad.output[0], [])
+        p = consts[pad.input[1]].tolist()  # [n0, c0, h0, w0, n1, c1, h1, w1]
+        if not any(p) and pad.output[0] not in {o.name for o in g.output}:
+            # a no-op (torch 1.13 puts one before every AveragePool): its users read its input
+            for u in users:
+                u.input[:] = [pad.input[0] if x == pad.output[0] else x for x in u.input]
+            removed.append(pad)
+            continue
         if len(users) != 1 or users[0].op_type != "Conv":
             continue
-        p = consts[pad.input[1]].tolist()  # [n0, c0, h0, w0, n1, c1, h1, w1]
         if p[0] or p[1] or p[4] or p[5] or min(p) < 0:
             continue
         conv = users[0]
@@ -196,7 +203,8 @@ def fold_pads(model):
 
 def export_efficientnet(model, out_path, opset=13):
     import torch
-    x = torch.zeros(2, 3, 224, 224)
+    import efficientnet_lite0 as E
+    x = torch.zeros(2, 3, E.IMAGE_SIZE, E.IMAGE_SIZE)
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.onnx")
         torch.onnx.export(model, x, raw, opset_version=opset, input_names=["image"],

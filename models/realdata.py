@@ -281,16 +281,19 @@ def preprocess(img, mean, std, size=224, crop="center", short_side=None, flip=Fa
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
-def image_sets(cache, mean, std):
-    """eval: each photo centre-cropped, plus its first/last crops; calib: flipped 256-short-side
-    centre crops and flipped first/last crops (different pixels from eval)."""
+def image_sets(cache, mean, std, size=None):
+    """eval: each photo centre-cropped, plus its first/last crops; calib: flipped centre crops
+    of a 8/7 larger short side and flipped first/last crops (different pixels from eval).
+    size: the encoder's input side (default efficientnet_lite0.IMAGE_SIZE)."""
+    import efficientnet_lite0 as E
+    size = size or E.IMAGE_SIZE
     ev, ev_src, cal = [], [], []
     for desc, path in photo_paths(cache):
         img = load_rgb(path)
         for crop in ("center", "first", "last"):
-            ev.append(preprocess(img, mean, std, crop=crop))
+            ev.append(preprocess(img, mean, std, size=size, crop=crop))
             ev_src.append(f"{desc} ({crop} crop)")
-        cal.append(preprocess(img, mean, std, short_side=256, flip=True))
+        cal.append(preprocess(img, mean, std, size=size, short_side=size * 8 // 7, flip=True))
         for crop in ("first", "last"):
-            cal.append(preprocess(img, mean, std, short_side=240, crop=crop, flip=True))
+            cal.append(preprocess(img, mean, std, size=size, short_side=size * 15 // 14, crop=crop, flip=True))
     return dict(eval=np.stack(ev), eval_src=ev_src, calib=np.stack(cal))

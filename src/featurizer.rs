@@ -74,6 +74,11 @@ impl Featurizer {
         })
     }
 
+    /// Side of the square image the visual encoder takes (its manifest's `preprocess.size`).
+    pub fn image_side(&self) -> usize {
+        self.encoders.visual.preprocess().size
+    }
+
     /// Which model files run, and why.
     pub fn chosen(&self) -> &[Chosen] {
         &self.encoders.chosen

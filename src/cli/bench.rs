@@ -148,6 +148,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     );
     let logmel_ms = median_ms(args.runs, || featurizer.logmel(&pcm[..15_600]))?;
     let prep_ms = median_ms(args.runs, || featurizer.prepare(&frame))?;
+    let side = featurizer.image_side();
 
     let batch = args.batch as usize;
     let mut tract_ms: BTreeMap<String, f64> = BTreeMap::new();
@@ -269,7 +270,7 @@ pub fn run(cfg: &Config, args: Args) -> anyhow::Result<()> {
     );
     println!(
         "{:<34} {:>10.3} {:>12} {:>14}",
-        format!("image prep ({w}x{h} -> 224)"),
+        format!("image prep ({w}x{h} -> {side})"),
         prep_ms,
         "-",
         "-"

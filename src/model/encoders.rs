@@ -18,7 +18,7 @@ pub const AUDIO_DIM: usize = 1024;
 pub const AUDIO_CLASSES: usize = 521;
 /// EfficientNet-Lite0 pooled width.
 pub const VISUAL_DIM: usize = 1280;
-/// Tokens per frame: the 7×7 grid of the last feature map.
+/// Tokens per frame: a 7×7 grid over the last feature map (its 2×2 means at side 448).
 pub const TOKENS: usize = 49;
 
 /// YAMNet: `logmel` [N, 1, 96, 64] → `embedding` [N, 1024], `logits` [N, 521].
@@ -64,7 +64,8 @@ impl AudioEncoder {
     }
 }
 
-/// EfficientNet-Lite0: `image` [N, 3, 224, 224] → `pooled` [N, 1280], `tokens` [N, 49, 1280].
+/// EfficientNet-Lite0: `image` [N, 3, S, S] → `pooled` [N, 1280], `tokens` [N, 49, 1280]
+/// (S = the manifest's `preprocess.size`: 224, or 448 from `build.sh --visual-side 448`).
 #[derive(Debug)]
 pub struct VisualEncoder {
     model: Model,
@@ -101,7 +102,7 @@ impl VisualEncoder {
         &self.preprocess
     }
 
-    /// Encodes one prepared image ([3, 224, 224] CHW) into `pooled` (1280) and `tokens`
+    /// Encodes one prepared image ([3, S, S] CHW) into `pooled` (1280) and `tokens`
     /// (49 × 1280, row-major over the grid).
     pub fn embed(
         &mut self,
