@@ -179,26 +179,28 @@ def scale(args):
     cache = args.material  # synth.py's --cache: the unpacked Debian material
     insts = sorted(i for i in M.PICTURES if M.pictures(i, "train") and M.pictures(i, "test"))
 
+    import realdata as R
+    import tomllib
+    with open(os.path.join(args.model_dir, "manifest.toml"), "rb") as f:
+        pre = next(m["preprocess"] for m in tomllib.load(f)["model"] if m["name"] == "efficientnet_lite0")
+
     def encode(img, size):
-        x = np.asarray(img.resize((size, size), Image.BICUBIC), np.float32) / 255.0
-        x = (x - 0.4980392) / 0.5019608  # the manifest's tf-lite normalisation
+        x = R.preprocess(img, pre["mean"], pre["std"], size=size)  # the frame is square: no crop
         with torch.no_grad():
-            pooled, tokens, _ = nets[size](torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))
+            pooled, tokens, _ = nets[size](torch.from_numpy(x[None]))
         return pooled[0].numpy(), tokens[0].numpy()
 
     def render(rng, sprite, fill):
         bg, floor = S.background(rng, ("indoor", "outdoor")[rng.integers(2)], W)
         im = sprite.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else sprite
-        w, h = im.size
         if fill:
+            w, h = im.size
             s = min(rng.uniform(0.6, 0.8) * W / np.sqrt(w * h), 0.9 * W / h, 0.9 * W / w)
-            cx, base = W // 2, int(W * rng.uniform(0.85, 0.95))
-        else:  # as synth.prepare_sprites places them
-            s = min(rng.uniform(0.26, 0.34) * W / np.sqrt(w * h), 0.62 * W / h, 0.32 * W / w)
-            cx = int((S.SLOT_X[("left", "middle", "right")[rng.integers(3)]] + rng.uniform(-0.03, 0.03)) * W)
-            base = min(int(floor + rng.uniform(0.0, 0.12) * W), W - 4)
-        im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.LANCZOS)
-        x0, y0 = cx - im.size[0] // 2, base - im.size[1]
+            im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.LANCZOS)
+            base = int(W * rng.uniform(0.85, 0.95))
+            x0, y0 = W // 2 - im.size[0] // 2, base - im.size[1]
+        else:  # as in the clips
+            im, x0, y0, base = S.place_sprite(rng, im, W, floor, ("left", "middle", "right")[rng.integers(3)])
         bg.paste(im, (x0, y0), im)
         return bg, (x0, y0, x0 + im.size[0], base)
 

@@ -503,6 +503,20 @@ def augment_picture(aug, im):
     return im.rotate(aug.uniform(-15, 15), resample=Image.BILINEAR, expand=True)
 
 
+def place_sprite(rng, im, W, floor, position):
+    """Scale a picture to its size in the frame and stand it in its slot on the floor.
+    Returns the scaled picture, its top-left corner and its base line (px)."""
+    w, h = im.size
+    # Similar areas for long and wide pictures, within a third of the frame's width.
+    side = rng.uniform(0.26, 0.34) * W
+    s = min(side / np.sqrt(w * h), 0.62 * W / h, 0.32 * W / w)
+    im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.LANCZOS)
+    cx = int((SLOT_X[position] + rng.uniform(-0.03, 0.03)) * W)
+    base = int(floor + rng.uniform(0.0, 0.12) * W)
+    base = min(base, W - 4)
+    return im, cx - im.size[0] // 2, base - im.size[1], base
+
+
 def prepare_sprites(rng, scene, cache, W, floor, aug=None):
     out = []
     for o in scene["objects"]:
@@ -513,15 +527,7 @@ def prepare_sprites(rng, scene, cache, W, floor, aug=None):
             im = augment_picture(aug, im)
         if rng.random() < 0.5:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        w, h = im.size
-        # Similar areas for long and wide pictures, within a third of the frame's width.
-        side = rng.uniform(0.26, 0.34) * W
-        s = min(side / np.sqrt(w * h), 0.62 * W / h, 0.32 * W / w)
-        im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.LANCZOS)
-        cx = int((SLOT_X[o["position"]] + rng.uniform(-0.03, 0.03)) * W)
-        base = int(floor + rng.uniform(0.0, 0.12) * W)
-        base = min(base, W - 4)
-        x0, y0 = cx - im.size[0] // 2, base - im.size[1]
+        im, x0, y0, base = place_sprite(rng, im, W, floor, o["position"])
         o["bbox_px"] = [max(0, x0), max(0, y0), min(W, x0 + im.size[0]), min(W, base)]
         out.append((o, im, x0, y0))
     return out
