@@ -2,6 +2,7 @@
 
     ~/.cache/tspm-edge/venv/bin/python models/eval.py [--data DIR] [--model-dir DIR]
         [--tract FILE ...] [--split test] [--out models/head/eval_report.json] [--no-ort]
+        [--by-template]
 
 Rows of the table (each over the same test questions):
   blind prior       the most frequent training answer for the question's template and slot
@@ -128,8 +129,13 @@ def ort_predict(path, split, emb, threads):
     return pred
 
 
-def load_model(n_answers, state=None, compact=None):
-    model = tspm.TSPMHead(n_answers, **tspm.OUR_DIMS)
+def load_model(n_answers, state=None, compact=None, d_text=None):
+    """d_text: the width of the data set's text embeddings (text.npz) when an experiment's
+    differs from MiniLM's 384."""
+    dims = dict(tspm.OUR_DIMS)
+    if d_text:
+        dims.update(d_question=d_text, d_prompt=d_text)
+    model = tspm.TSPMHead(n_answers, **dims)
     if compact:
         T.load_compact(model, compact)
     if state:
@@ -138,6 +144,27 @@ def load_model(n_answers, state=None, compact=None):
             model.enable_time_slots()
         model.load_state_dict(sd)
     return model.eval()
+
+
+def by_template(recs, prior, head):
+    """Accuracy of the blind prior and the head per template: (list of dicts, Markdown)."""
+    cells = collections.OrderedDict()
+    for r, p, h in zip(recs, prior, head):
+        c = cells.setdefault(r["template_id"], dict(
+            template_id=r["template_id"], type=T.type_name(r["type"]), template=r["question_content"],
+            questions=0, prior_correct=0, head_correct=0))
+        c["questions"] += 1
+        c["prior_correct"] += int(p == r["answer_index"])
+        c["head_correct"] += int(h == r["answer_index"])
+    out = [cells[k] for k in sorted(cells)]
+    lines = ["| template | type | questions | blind prior | head | points above |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for c in out:
+        c["prior_acc"], c["head_acc"] = c["prior_correct"] / c["questions"], c["head_correct"] / c["questions"]
+        lines.append(f"| {c['template_id']}: {c['template']} | {c['type']} | {c['questions']} | "
+                     f"{100 * c['prior_acc']:.1f} | {100 * c['head_acc']:.1f} | "
+                     f"{100 * (c['head_acc'] - c['prior_acc']):+.1f} |")
+    return out, "\n".join(lines)
 
 
 def order_check(model, split, emb, seed=11):
@@ -175,6 +202,9 @@ def main():
                     help="JSON printed by `tspm-edge eval` on the same split (repeatable: one "
                          "per head form)")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--by-template", action="store_true",
+                    help="also print and write accuracy per template (the blind prior and the "
+                         "PyTorch head), which shows the templates the head does not learn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(HERE, "head", "eval_report.json"))
     args = ap.parse_args()
@@ -195,12 +225,12 @@ def main():
     pred, backoff = blind_prior(train_recs, recs)
     add("blind prior", pred, f"{backoff} of {len(recs)} questions backed off to the template")
     refresh_patches(split)
-    model = load_model(len(answers), compact=args.weights)
+    model = load_model(len(answers), compact=args.weights, d_text=emb.shape[1])
     add("PyTorch (shipped weights)", T.predict(model, split, emb)[0], os.path.relpath(args.weights, os.path.dirname(HERE)))
     order = order_check(model, split, emb)
     exact = os.path.join(args.data, "full.fp32.pt")
     if os.path.exists(exact):
-        add("PyTorch (exact fp32 before compacting)", T.predict(load_model(len(answers), state=exact), split, emb)[0])
+        add("PyTorch (exact fp32 before compacting)", T.predict(load_model(len(answers), state=exact, d_text=emb.shape[1]), split, emb)[0])
     if not args.no_ort:
         for prec in ("fp32", "int8"):
             path = os.path.join(args.model_dir, f"tspm_head.{prec}.onnx")
@@ -238,7 +268,7 @@ def main():
                 c["patches"] = c32["patches"]
         name = {"qprompt": "ablation: question as prompt", "alltime": "ablation: no temporal selection (all seconds)",
                 "nomerge": "ablation: no token merging (fixed groups)"}[v]
-        add(name, T.predict(load_model(len(answers), state=path), vs, emb, all_time=v == "alltime")[0])
+        add(name, T.predict(load_model(len(answers), state=path, d_text=emb.shape[1]), vs, emb, all_time=v == "alltime")[0])
 
     agree = {}
     if "onnxruntime fp32" in preds and "onnxruntime int8" in preds:
@@ -279,6 +309,9 @@ def main():
     report = dict(split=args.split, clips=len(split.clips), questions=split.n_questions, rows=rows,
                   agreement=agree, order_check=order, goal_every_type_25_points=goal, markdown=table_md,
                   data=args.data, model_dir=args.model_dir)
+    if args.by_template:
+        report["by_template"], md = by_template(recs, preds["blind prior"], preds["PyTorch (shipped weights)"])
+        print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

@@ -1,8 +1,8 @@
 """Probes: what the head's input features carry, measured apart from the head.
 
-    ~/.cache/tspm-edge/venv/bin/python models/probe.py [--data DIR] [--model-dir DIR] [visual|comparative|scale ...]
+    ~/.cache/tspm-edge/venv/bin/python models/probe.py [--data DIR] [--model-dir DIR] [visual|audio|comparative|text|scale ...]
 
-Three questions behind models/head/README.md's "why the goal stays out of reach":
+Five questions behind models/head/README.md's "why the goal stays out of reach":
 
 visual       Do EfficientNet-Lite0's features of a clip tell which instruments are in the
              picture, for the training material's pictures (validation clips) and for the test
@@ -11,6 +11,13 @@ visual       Do EfficientNet-Lite0's features of a clip tell which instruments a
              clips, reports per-instrument AUC and how often its n highest scores are exactly the
              clip's n visible instruments (n given). Once on the pooled features, once on the
              ImageNet logits of them (the classifier in efficientnet_lite0.fp32.onnx).
+audio        The same for the audio: do the clip's YAMNet embeddings tell which instruments are
+             audible, for the training split's sounds (validation clips) and for the test split's
+             other sounds (TimGM6mb renders, held-out recordings)? The linear probe as above on
+             the mean of the clip's seconds: the embeddings [1024], their AudioSet logits [521]
+             (YAMNet's own classifier in yamnet.fp32.onnx), and, with no training at all, the
+             AudioSet class that names the instrument (max over the seconds of its logit). Then
+             whether a voice-over is present (template 2), from the Speech logit and linearly.
 comparative  Can a model built for Audio Comparative alone ("Is the <X> louder / more rhythmic
              than / playing longer than the <Y>?") answer it from the clip's YAMNet embeddings?
              Input: the mean, std and max over the clip's seconds (standardized) and the two
@@ -18,6 +25,14 @@ comparative  Can a model built for Audio Comparative alone ("Is the <X> louder /
              a gated two-layer MLP (256), Adam 1e-3, weight decay 1e-3, 300 full-batch epochs,
              trained on the training split's questions of that type. Reports the accuracy at the
              last epoch and at the best validation epoch (optimistic: chosen on validation).
+text         Can the head tell "Is the X louder than the Y?" from "Is the Y louder than the X?"?
+             For every comparative question (Audio and AV Comparative) whose twin with the two
+             sides swapped is in the data set's text.npz: the cosine of the two MiniLM embeddings
+             (spec's mean pooling), against that of the same question about another pair. With
+             --write-halves DIR it also writes an experiment's data dir: DIR/text.npz with an
+             order-aware 768-d embedding (the mean of the first half of MiniLM's token states
+             next to the mean of the second half, L2-normalised; ~3 min) and links to the data
+             set's other files, for `train.py --data DIR` and `eval.py --data DIR`.
 scale        Is it the picture or its size? Single pictures on the synthesiser's backgrounds, a
              third of the 448-px frame wide (as in the clips) or filling it; EfficientNet-Lite0
              run at 224 (the frame scaled down) and at 448 (as it is; tokens 2x2-pooled to 7x7).
@@ -43,6 +58,110 @@ sys.path.insert(0, HERE)
 import train as T  # noqa: E402
 
 
+# Instruments of the data set -> the AudioSet classes (yamnet_classes.txt) that name them.
+AUDIOSET = {
+    "accordion": ["Accordion"], "acoustic_guitar": ["Acoustic guitar", "Guitar"], "bagpipe": ["Bagpipes"],
+    "banjo": ["Banjo"], "cello": ["Cello"], "clarinet": ["Clarinet"], "drum": ["Drum", "Drum kit", "Snare drum"],
+    "electric_bass": ["Bass guitar"], "flute": ["Flute"], "piano": ["Piano"], "saxophone": ["Saxophone"],
+    "trumpet": ["Trumpet"], "ukulele": ["Ukulele"], "violin": ["Violin, fiddle"], "xylophone": ["Marimba, xylophone"],
+    "guzheng": ["Zither"], "tuba": ["Brass instrument"], "congas": ["Drum"],
+}
+
+
+def yamnet_classifier(model_dir):
+    """YAMNet's AudioSet classifier (W [521,1024], b [521]) and the class names."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(os.path.join(model_dir, "yamnet.fp32.onnx"))
+    init = {i.name: i for i in m.graph.initializer}
+    node = next(n for n in m.graph.node if n.op_type == "Gemm" and "logits" in n.output)
+    w, b = (numpy_helper.to_array(init[n]).astype(np.float32) for n in node.input[1:3])
+    with open(os.path.join(model_dir, "yamnet_classes.txt")) as f:
+        names = [line.rstrip("\n") for line in f]
+    return w, b, names
+
+
+def instrument_labels(probe, sets):
+    """sets: split -> per clip its set of instruments. -> (the training split's instruments,
+    split -> 0/1 [clips, instruments]); prints the sizes."""
+    insts = sorted(set().union(*sets["train"]))
+    labels = {s: np.array([[i in v for i in insts] for v in sets[s]], np.float32) for s in sets}
+    print(f"{probe}: {len(insts)} instruments; clips " + ", ".join(f"{s} {len(v)}" for s, v in labels.items()))
+    return insts, labels
+
+
+def linear_probe(x, labels, insts):
+    """Multi-label linear probe trained on x["train"]; per split: mean AUC over instruments and
+    how often the n highest scores are exactly the clip's n instruments."""
+    torch.manual_seed(0)
+    mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-2
+    x = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
+    lin = torch.nn.Linear(x["train"].shape[1], len(insts))
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
+    y = torch.tensor(labels["train"])
+    for _ in range(400):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(lin(x["train"]), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return {s: lin(x[s]).numpy() for s in x}
+
+
+def score_report(scores, labels, insts):
+    out = []
+    for s in ("train", "val", "test"):
+        p, lab = scores[s], labels[s]
+        aucs = [auc(p[lab[:, j] == 1, j], p[lab[:, j] == 0, j])
+                for j in range(len(insts)) if 0 < lab[:, j].sum() < len(lab)]
+        n = lab.sum(1).astype(int)
+        exact = np.mean([set(np.argsort(-p[i])[:n[i]]) == set(np.flatnonzero(lab[i])) for i in range(len(lab))])
+        out.append(f"{s} AUC {np.mean(aucs):.3f}, top-n = the set {100 * exact:.1f} %")
+    return "; ".join(out)
+
+
+def audio(args):
+    w, b, names = yamnet_classifier(args.model_dir)
+
+    def load(split):
+        mean, peak, sets, voice = [], [], [], []
+        for f in sorted(glob.glob(os.path.join(args.data, "clips", split, "*.json"))):
+            with open(f) as fh:
+                gt = json.load(fh)
+            z = np.load(f[:-5] + ".npz")
+            a = z["audio"].astype(np.float32)  # every second has audio
+            mean.append(a.mean(0))
+            peak.append((a @ w.T + b).max(0))
+            sets.append({o["instrument"] for o in gt["objects"] if o.get("audible")})
+            voice.append(bool((gt.get("voiceover") or {}).get("present")))
+        return np.stack(mean), np.stack(peak), sets, np.array(voice, np.float32)
+
+    splits = {s: load(s) for s in ("train", "val", "test")}
+    insts, labels = instrument_labels("audio", {s: v[2] for s, v in splits.items()})
+    for name, f in (("embeddings [1024]", lambda x: x), ("AudioSet logits [521]", lambda x: x @ w.T + b)):
+        scores = linear_probe({s: f(splits[s][0]) for s in splits}, labels, insts)
+        print(f"  linear, {name}: " + score_report(scores, labels, insts))
+    named = [i for i in insts if i in AUDIOSET]
+    cols = [[names.index(c) for c in AUDIOSET[i]] for i in named]
+    zs = {s: np.stack([splits[s][1][:, c].max(1) for c in cols], 1) for s in splits}
+    lab = {s: labels[s][:, [insts.index(i) for i in named]] for s in splits}
+    print(f"  no training, the AudioSet class's peak logit ({len(named)} instruments with one): "
+          + score_report(zs, lab, named))
+    for j, i in enumerate(named):
+        print(f"    {i:16s} " + ", ".join(
+            f"{s} AUC {auc(zs[s][lab[s][:, j] == 1, j], zs[s][lab[s][:, j] == 0, j]):.3f}"
+            for s in ("val", "test") if 0 < lab[s][:, j].sum() < len(lab[s])))
+    # "Is there a voiceover?" (template 2): the AudioSet Speech logit, and the linear probe
+    speech = names.index("Speech")
+    vo = {s: splits[s][3][:, None] for s in splits}
+    zs = {s: splits[s][1][:, [speech]] for s in splits}
+    print("  voice-over, no training, the Speech logit's peak: " + ", ".join(
+        f"{s} AUC {auc(zs[s][vo[s][:, 0] == 1, 0], zs[s][vo[s][:, 0] == 0, 0]):.3f}" for s in splits))
+    scores = linear_probe({s: splits[s][0] for s in splits}, vo, ["voice-over"])
+    print("  voice-over, linear on the embeddings' clip mean: " + ", ".join(
+        f"{s} AUC {auc(scores[s][vo[s][:, 0] == 1, 0], scores[s][vo[s][:, 0] == 0, 0]):.3f}, "
+        f"{100 * np.mean((scores[s][:, 0] > 0) == (vo[s][:, 0] > 0)):.1f} % right" for s in splits))
+
+
 def auc(pos, neg):
     return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
 
@@ -61,33 +180,10 @@ def visual(args):
         return np.stack(feats), sets
 
     splits = {s: load(s) for s in ("train", "val", "test")}
-    insts = sorted(set().union(*splits["train"][1]))
-    labels = {s: np.array([[i in v for i in insts] for v in splits[s][1]], np.float32) for s in splits}
-    print(f"visual: {len(insts)} instruments; clips train {len(labels['train'])}, val "
-          f"{len(labels['val'])}, test {len(labels['test'])}")
+    insts, labels = instrument_labels("visual", {s: v[1] for s, v in splits.items()})
     for name, f in (("pooled [1280]", lambda x: x), ("ImageNet logits [1000]", lambda x: x @ w.T + b)):
-        torch.manual_seed(0)
-        x = {s: f(splits[s][0]) for s in splits}
-        mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-2
-        x = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
-        lin = torch.nn.Linear(x["train"].shape[1], len(insts))
-        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
-        y = torch.tensor(labels["train"])
-        for _ in range(400):
-            opt.zero_grad()
-            F.binary_cross_entropy_with_logits(lin(x["train"]), y).backward()
-            opt.step()
-        out = []
-        for s in ("train", "val", "test"):
-            with torch.no_grad():
-                p = lin(x[s]).numpy()
-            lab = labels[s]
-            aucs = [auc(p[lab[:, j] == 1, j], p[lab[:, j] == 0, j])
-                    for j in range(len(insts)) if 0 < lab[:, j].sum() < len(lab)]
-            n = lab.sum(1).astype(int)
-            exact = np.mean([set(np.argsort(-p[i])[:n[i]]) == set(np.flatnonzero(lab[i])) for i in range(len(lab))])
-            out.append(f"{s} AUC {np.mean(aucs):.3f}, top-n = the visible set {100 * exact:.1f} %")
-        print(f"  {name}: " + "; ".join(out))
+        scores = linear_probe({s: f(splits[s][0]) for s in splits}, labels, insts)
+        print(f"  {name}: " + score_report(scores, labels, insts))
 
 
 COMP = re.compile(r"Is the (\w+) (louder|more rhythmic|playing longer) than the (\w+)\?$")
@@ -160,6 +256,76 @@ def comparative(args):
     for label, (epoch, acc) in (("last epoch", (300, last)), ("best validation epoch", best)):
         print(f"  {label} ({epoch}): train {100 * acc['train']:.1f} %, val {100 * acc['val']:.1f} %, "
               f"test {100 * acc['test']:.1f} %")
+
+
+COMPARATIVE_TEMPLATES = {30, 31, 32, 11, 12, 13, 14}
+
+
+def swapped(r):
+    """The slot values of the comparison's twin (the two sides exchanged)."""
+    v = r["templ_values"]
+    return v[len(v) // 2:] + v[:len(v) // 2]
+
+
+def text(args):
+    sys.path.insert(0, HERE)
+    import export_text as X
+    d = np.load(os.path.join(args.data, "text.npz"))
+    texts = d["texts"].tolist()
+    ix = {t: i for i, t in enumerate(texts)}
+    pairs, others = set(), set()
+    for split in ("train", "val", "test"):
+        with open(os.path.join(args.data, f"{split}.jsonl")) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["template_id"] not in COMPARATIVE_TEMPLATES:
+                    continue
+                assert X.fill_question(r["question_content"], r["templ_values"]) == r["question"]
+                twin = X.fill_question(r["question_content"], swapped(r))
+                if twin in ix and twin != r["question"]:
+                    pairs.add(tuple(sorted((r["question"], twin))))
+                others.add((r["template_id"], r["question"]))
+    by_t = {}
+    for t, q in sorted(others):
+        by_t.setdefault(t, []).append(q)
+    rng = np.random.default_rng(0)
+    unrelated = []  # the same template, another question that is not the twin
+    for a, b in sorted(pairs):
+        t = next(t for t, q in others if q == a)
+        c = by_t[t][rng.integers(len(by_t[t]))]
+        if c not in (a, b):
+            unrelated.append((a, c))
+
+    def cosines(emb, ps):
+        return np.array([float(emb[ix[a]] @ emb[ix[b]] / np.linalg.norm(emb[ix[a]]) / np.linalg.norm(emb[ix[b]]))
+                         for a, b in ps])
+
+    embs = {"MiniLM mean pooling (the spec's, text.npz)": d["emb"]}
+    if args.write_halves:
+        ref = X.Reference()
+        torch_ = ref.torch
+        out = []
+        with torch_.no_grad():
+            for t in texts:
+                enc = ref.tokenizer([t], truncation=True, max_length=X.MAX_SEQ_LENGTH, return_tensors="pt")
+                h = ref.model(**enc)[0][0]
+                n = len(h) // 2
+                out.append(F.normalize(torch_.cat([h[:n].mean(0), h[n:].mean(0)]), dim=0).numpy())
+        halves = np.stack(out).astype(np.float32)
+        os.makedirs(args.write_halves, exist_ok=True)
+        np.savez(os.path.join(args.write_halves, "text.npz"), texts=d["texts"], emb=halves)
+        for name in ("train.jsonl", "val.jsonl", "test.jsonl", "dataset.json", "clips"):
+            link = os.path.join(args.write_halves, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(os.path.abspath(args.data), name), link)
+        print(f"text: wrote {args.write_halves}/text.npz ({halves.shape[0]} x {halves.shape[1]}) and links to {args.data}")
+        embs["first half ++ second half of the tokens (768)"] = halves
+    print(f"text: {len(pairs)} comparative questions with their swapped twin in text.npz "
+          f"({len(unrelated)} compared with another question of the same template)")
+    for name, e in embs.items():
+        tw, un = cosines(e, sorted(pairs)), cosines(e, unrelated)
+        print(f"  {name}: twins cos mean {tw.mean():.4f} (min {tw.min():.4f}); another question "
+              f"of the template {un.mean():.4f}")
 
 
 def scale(args):
@@ -248,6 +414,9 @@ def scale(args):
               f"test {100 * ts:5.1f} % ({len(yt)} renders)")
 
 
+PROBES = {"visual": visual, "audio": audio, "comparative": comparative, "text": text, "scale": scale}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=T.default_data_dir())
@@ -256,15 +425,17 @@ def main():
     ap.add_argument("--renders", type=int, default=8, help="scale: renders per picture")
     ap.add_argument("--material", default=os.path.expanduser("~/.cache/tspm-edge/data-material"),
                     help="scale: synth.py's --cache (the unpacked Debian material)")
-    ap.add_argument("probes", nargs="*", help="visual, comparative, scale (default: all three)")
+    ap.add_argument("--write-halves", metavar="DIR",
+                    help="text: also write an experiment data dir with order-aware text embeddings")
+    ap.add_argument("probes", nargs="*", help="visual, audio, comparative, text, scale (default: all five)")
     args = ap.parse_args()
-    args.probes = args.probes or ["visual", "comparative", "scale"]
+    args.probes = args.probes or ["visual", "audio", "comparative", "text", "scale"]
     for p in args.probes:
-        if p not in ("visual", "comparative", "scale"):
-            ap.error(f"unknown probe {p!r}: expected visual, comparative or scale")
+        if p not in PROBES:
+            ap.error(f"unknown probe {p!r}: expected one of {', '.join(PROBES)}")
     torch.set_num_threads(1)
     for p in args.probes:
-        {"visual": visual, "comparative": comparative, "scale": scale}[p](args)
+        PROBES[p](args)
     return 0
 
 

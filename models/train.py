@@ -83,6 +83,20 @@ not shipped: 2026-12-03, 400 clips, 14 epochs, test (PyTorch) 59.4 / 60.2 % with
 seeds 7 / 8 against 60.0 / 60.2 % for the shipped recipe; with `make_dataset.py --augment`'s
 training material 60.6 / 60.1 % (models/head/README.md).
 
+**--template-weight POWER** (training only): each training question's loss weighted by (1 / its
+template's share of the questions)^POWER, mean 1; 1 gives every template the same total weight
+(template 2, one question per clip, then weighs 7.55). An experiment, not shipped: 2026-12-04,
+validation 65.2 % (POWER 1) and 65.6 % (0.5) against 67.3 %; the voice-over questions stay at
+the prior's 71.7 % (models/head/README.md, "Per template").
+
+**--templates IDS** (e.g. `2`): trains and validates on those templates' questions only, to ask
+whether the head can learn them when no other question competes: template 2 ("Is there a
+voiceover?") reaches 96.7 % on validation after one epoch, while the head trained on all 33
+answers it with the prior's answer.
+
+Text embeddings of another width than MiniLM's 384 in the data dir's text.npz (e.g. from
+`probe.py text --write-halves DIR`) size the question and prompt projections to match.
+
 Writes (variant full, unless --no-export): `--out`/tspm_head.npz (the trained weights, int8
 per output row + fp32 scales for matrices, fp16 for vectors; see models/head/README.md),
 `--out`/train_report.json, then runs models/export_head.py to build the ONNX files from them.
@@ -154,6 +168,20 @@ class Split:
                 rec=np.array(idx)))
         self.n_questions = len(recs)
 
+    def only_templates(self, templates):
+        """Keeps the questions of these template ids only (--templates, an experiment)."""
+        clips, recs = [], []
+        for c in self.clips:
+            m = np.array([self.records[i]["template_id"] in templates for i in c["rec"]])
+            if m.any():
+                for key in ("q", "p", "ans"):
+                    c[key] = c[key][m]
+                old = c["rec"][m]
+                c["rec"] = np.arange(len(recs), len(recs) + len(old))
+                recs.extend(self.records[i] for i in old)
+                clips.append(c)
+        self.clips, self.records, self.n_questions = clips, recs, len(recs)
+
 
 INPUTS = (("audio", "proj_audio"), ("visual", "proj_visual"), ("patches", "proj_patch"))
 
@@ -185,6 +213,19 @@ def fold_standardization(model, stats):
             mu, sd = (torch.from_numpy(v) for v in stats[key])
             lin.weight.div_(sd[None, :])
             lin.bias.sub_(lin.weight @ mu)
+
+
+def set_template_weights(split, power):
+    """Per training question, a loss weight (n_q / (n_templates * n_template))^power, scaled to
+    mean 1: power 1 gives every template the same total weight, 0 the plain mean."""
+    tids = np.array([r["template_id"] for r in split.records])
+    uniq, counts = np.unique(tids, return_counts=True)
+    per = dict(zip(uniq.tolist(), (len(tids) / (len(uniq) * counts.astype(np.float64))) ** power))
+    w = np.array([per[t] for t in tids])
+    w = (w / w.mean()).astype(np.float32)
+    for c in split.clips:
+        c["weight"] = w[c["rec"]]
+    log(f"template loss weights (power {power}): {w.min():.2f} .. {w.max():.2f} over {len(uniq)} templates")
 
 
 def imagenet_classifier(model_dir):
@@ -219,6 +260,12 @@ def compose_imagenet_basis(model, w, b):
     return out
 
 
+def input_dims(model):
+    """The head's input widths (tspm.OUR_DIMS unless an experiment changed one)."""
+    return {f"d_{k}": getattr(model, f"proj_{k}").in_features
+            for k in ("audio", "visual", "patch", "question", "prompt")}
+
+
 def load_text(data_dir):
     d = np.load(os.path.join(data_dir, "text.npz"))
     return d["emb"], {t: i for i, t in enumerate(d["texts"].tolist())}
@@ -233,7 +280,7 @@ def make_batch(clips, emb):
     visual = np.zeros((c_n, t_max, c0["visual"].shape[-1]), np.float32)
     patches = np.zeros((c_n, t_max) + c0["patches"].shape[1:], np.float32)
     valid = np.zeros((c_n, t_max), np.float32)
-    ci, q, p, ans, rec = [], [], [], [], []
+    ci, q, p, ans, rec, wt = [], [], [], [], [], []
     for j, c in enumerate(clips):
         t = len(c["valid"])
         audio[j, :t], visual[j, :t], patches[j, :t], valid[j, :t] = \
@@ -243,12 +290,14 @@ def make_batch(clips, emb):
         p.append(c["p"])
         ans.append(c["ans"])
         rec.append(c["rec"])
+        if "weight" in c:
+            wt.append(c["weight"])
     cat = np.concatenate
     return dict(audio=torch.from_numpy(audio), visual=torch.from_numpy(visual),
                 patches=torch.from_numpy(patches), valid=torch.from_numpy(valid),
                 ci=torch.from_numpy(cat(ci)), question=torch.from_numpy(emb[cat(q)]),
                 prompt=torch.from_numpy(emb[cat(p)]), answer=torch.from_numpy(cat(ans)),
-                rec=cat(rec))
+                rec=cat(rec), weight=torch.from_numpy(cat(wt)) if wt else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,19 +526,29 @@ def train(args):
     t0 = time.time()
     tr = Split(args.data, "train", args.variant, text)
     va = Split(args.data, "val", args.variant, text)
+    if args.templates:
+        for sp in (tr, va):
+            sp.only_templates(args.templates)
     log(f"data {args.data}: train {len(tr.clips)} clips / {tr.n_questions} questions, val "
         f"{len(va.clips)} / {va.n_questions} (loaded in {time.time() - t0:.1f} s); variant {args.variant}")
     all_time = args.variant == "alltime"
     dims = dict(tspm.OUR_DIMS)
+    if emb.shape[1] != dims["d_question"]:  # an experiment's text embeddings (text.npz)
+        dims.update(d_question=emb.shape[1], d_prompt=emb.shape[1])
+        log(f"question and prompt embeddings of width {emb.shape[1]} (text.npz), not {tspm.OUR_DIMS['d_question']}")
     if args.visual_basis == "imagenet":
         cls_w, cls_b = imagenet_classifier(args.model_dir)
         for sp in (tr, va):
             to_imagenet_basis(sp, cls_w, cls_b)
         dims.update(d_visual=cls_w.shape[0], d_patch=cls_w.shape[0])
         log(f"visual and patch inputs in the ImageNet classifier's basis ({cls_w.shape[0]} logits)")
+    if args.template_weight:
+        set_template_weights(tr, args.template_weight)
     stats = input_stats(tr) if args.standardize else None
     if stats or args.visual_basis == "imagenet":
         va_raw = Split(args.data, "val", args.variant, text)  # to check the folded head on raw inputs
+        if args.templates:
+            va_raw.only_templates(args.templates)
     if stats:
         standardize(tr, stats)
         standardize(va, stats)
@@ -522,7 +581,10 @@ def train(args):
             if args.input_noise or args.input_dropout:
                 perturb_inputs(b, args.input_noise, args.input_dropout)
             logits = grouped_forward(model, b, all_time, straight_through)
-            loss = F.cross_entropy(logits, b["answer"])
+            if b["weight"] is None:
+                loss = F.cross_entropy(logits, b["answer"])
+            else:
+                loss = (F.cross_entropy(logits, b["answer"], reduction="none") * b["weight"]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -560,6 +622,7 @@ def train(args):
     log(f"best epoch {best['epoch']}: val {fmt_table(best['table'])}")
     report = dict(
         variant=args.variant, time_slots=args.time_slots, visual_basis=args.visual_basis, data=args.data,
+        template_weight=args.template_weight, templates=sorted(args.templates or []),
         seed=SEED, shuffle_seed=args.seed,
         recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
                     epochs=args.epochs, clips_per_batch=args.clips_per_batch, dropout=0.1,
@@ -596,6 +659,12 @@ def main():
     ap.add_argument("--input-dropout", type=float, default=0.0,
                     help="experiment: dropout probability on the input features in training "
                          "(default 0: none)")
+    ap.add_argument("--template-weight", type=float, default=0.0, metavar="POWER",
+                    help="experiment: weight each training question's loss by (1 / its template's "
+                         "share)^POWER, mean 1 (default 0: plain mean; 1: templates weigh equally)")
+    ap.add_argument("--templates", type=lambda v: {int(x) for x in v.split(",")}, metavar="IDS",
+                    help="experiment: train and validate on these template ids only (e.g. 2): "
+                         "can the head learn them when no other question competes?")
     ap.add_argument("--time-slots", action="store_true",
                     help="add the QTG time-slot embeddings (TSPMHead.enable_time_slots)")
     ap.add_argument("--visual-basis", choices=("raw", "imagenet"), default="raw",
@@ -624,10 +693,12 @@ def main():
     path = os.path.join(args.out, "tspm_head.npz")
     save_compact(model, path, meta)
     # how much the compact form costs: val accuracy of the dequantised weights
-    deq = tspm.TSPMHead(model.answer.out_features, **tspm.OUR_DIMS)
+    deq = tspm.TSPMHead(model.answer.out_features, **input_dims(model))
     load_compact(deq, path)
     emb, text = load_text(args.data)
     va = Split(args.data, "val", "full", text)
+    if args.templates:
+        va.only_templates(args.templates)
     pred, _ = predict(deq, va, emb)
     report["compact"] = dict(file=os.path.relpath(path, os.path.dirname(HERE)),
                              bytes=os.path.getsize(path),
