@@ -70,12 +70,7 @@ AUDIOSET = {
 
 def yamnet_classifier(model_dir):
     """YAMNet's AudioSet classifier (W [521,1024], b [521]) and the class names."""
-    import onnx
-    from onnx import numpy_helper
-    m = onnx.load(os.path.join(model_dir, "yamnet.fp32.onnx"))
-    init = {i.name: i for i in m.graph.initializer}
-    node = next(n for n in m.graph.node if n.op_type == "Gemm" and "logits" in n.output)
-    w, b = (numpy_helper.to_array(init[n]).astype(np.float32) for n in node.input[1:3])
+    w, b = T.logits_layer(os.path.join(model_dir, "yamnet.fp32.onnx"))
     with open(os.path.join(model_dir, "yamnet_classes.txt")) as f:
         names = [line.rstrip("\n") for line in f]
     return w, b, names
@@ -91,8 +86,8 @@ def instrument_labels(probe, sets):
 
 
 def linear_probe(x, labels, insts):
-    """Multi-label linear probe trained on x["train"]; per split: mean AUC over instruments and
-    how often the n highest scores are exactly the clip's n instruments."""
+    """Multi-label linear probe (features standardized on x["train"], trained there): its
+    scores [clips, instruments] per split (score_report reads them)."""
     torch.manual_seed(0)
     mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-2
     x = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
@@ -268,12 +263,11 @@ def swapped(r):
 
 
 def text(args):
-    sys.path.insert(0, HERE)
     import export_text as X
     d = np.load(os.path.join(args.data, "text.npz"))
     texts = d["texts"].tolist()
     ix = {t: i for i, t in enumerate(texts)}
-    pairs, others = set(), set()
+    pairs, template_of = set(), {}
     for split in ("train", "val", "test"):
         with open(os.path.join(args.data, f"{split}.jsonl")) as f:
             for line in f:
@@ -284,15 +278,15 @@ def text(args):
                 twin = X.fill_question(r["question_content"], swapped(r))
                 if twin in ix and twin != r["question"]:
                     pairs.add(tuple(sorted((r["question"], twin))))
-                others.add((r["template_id"], r["question"]))
+                template_of[r["question"]] = r["template_id"]
     by_t = {}
-    for t, q in sorted(others):
+    for t, q in sorted((t, q) for q, t in template_of.items()):
         by_t.setdefault(t, []).append(q)
     rng = np.random.default_rng(0)
     unrelated = []  # the same template, another question that is not the twin
     for a, b in sorted(pairs):
-        t = next(t for t, q in others if q == a)
-        c = by_t[t][rng.integers(len(by_t[t]))]
+        same = by_t[template_of[a]]
+        c = same[rng.integers(len(same))]
         if c not in (a, b):
             unrelated.append((a, c))
 

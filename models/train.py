@@ -228,15 +228,20 @@ def set_template_weights(split, power):
     log(f"template loss weights (power {power}): {w.min():.2f} .. {w.max():.2f} over {len(uniq)} templates")
 
 
-def imagenet_classifier(model_dir):
-    """EfficientNet-Lite0's ImageNet classifier (W [1000,1280], b [1000]) from the encoder file."""
+def logits_layer(path):
+    """An encoder file's classifier, the Gemm that writes its `logits` output: (W, b) float32."""
     import onnx
     from onnx import numpy_helper
-    m = onnx.load(os.path.join(model_dir, "efficientnet_lite0.fp32.onnx"))
+    m = onnx.load(path)
     init = {i.name: i for i in m.graph.initializer}
     node = next(n for n in m.graph.node if n.op_type == "Gemm" and "logits" in n.output)
     w, b = (numpy_helper.to_array(init[n]).astype(np.float32) for n in node.input[1:3])
     return w, b
+
+
+def imagenet_classifier(model_dir):
+    """EfficientNet-Lite0's ImageNet classifier (W [1000,1280], b [1000]) from the encoder file."""
+    return logits_layer(os.path.join(model_dir, "efficientnet_lite0.fp32.onnx"))
 
 
 def to_imagenet_basis(split, w, b):
