@@ -213,6 +213,8 @@ def main():
     emb, text = T.load_text(args.data)
     train_recs = read_jsonl(os.path.join(args.data, "train.jsonl"))
     split = T.Split(args.data, args.split, "full", text)
+    if args.weights and "pos_patch.weight::q8" in np.load(args.weights).files:
+        T.ensure_positions(split)  # a --patch-pos experiment's head
     recs = split.records
     log(f"{args.split}: {len(split.clips)} clips, {split.n_questions} questions")
     rows, preds = collections.OrderedDict(), {}

@@ -183,6 +183,128 @@ class Split:
         self.clips, self.records, self.n_questions = clips, recs, len(recs)
 
 
+def overlap_seconds(spans, t_n, min_s=0.3):
+    """0/1 [t_n]: second t overlaps the spans ([start, end] in s) by at least min_s."""
+    out = np.zeros(t_n, np.float32)
+    for t in range(t_n):
+        if sum(max(0.0, min(e, t + 1) - max(s, t)) for s, e in spans) >= min_s:
+            out[t] = 1.0
+    return out
+
+
+def set_aux_targets(split, insts):
+    """--aux: per clip, per second targets from its ground-truth record (<clip>.json beside the
+    features): `heard` [T, I+1] the instruments sounding in second t (audible, level above
+    -60 dB in that second) and the voice-over; `seen` [T, I] the visible instruments;
+    `seen_heard` [T, I] the visible ones sounding in second t. Training only: the targets
+    come from the synthesiser's ground truth, which a deployed clip does not have."""
+    ix = {n: i for i, n in enumerate(insts)}
+    for c in split.clips:
+        t_n = len(c["valid"])
+        npz = split.records[c["rec"][0]]["head_npz"]
+        with open(npz[:-len(".head.npz")] + ".json") as f:
+            gt = json.load(f)
+        heard = np.zeros((t_n, len(insts) + 1), np.float32)
+        seen = np.zeros((t_n, len(insts)), np.float32)
+        for o in gt["objects"]:
+            j = ix.get(o["instrument"])
+            if j is None:
+                continue
+            loud = np.full(t_n, -90.0, np.float32)
+            per_s = np.asarray(o.get("loudness_per_s_db", []), np.float32)[:t_n]
+            loud[:len(per_s)] = per_s
+            on = (loud > -60.0).astype(np.float32) if o["audible"] else np.zeros(t_n, np.float32)
+            heard[:, j] = np.maximum(heard[:, j], on)
+            if o["visible"]:
+                seen[:, j] = 1.0
+        vo = gt.get("voiceover") or {}
+        if vo.get("present"):
+            heard[:, -1] = overlap_seconds(vo["spans"], t_n)
+        c["aux"] = dict(heard=heard, seen=seen, seen_heard=seen * heard[:, :-1])
+        if "assignment" in c:  # which instrument covers each merged token (soft, 0..1)
+            cell = gt["frame"]["width_px"] / 7.0
+            cov = np.zeros((49, len(insts)), np.float32)
+            for o in gt["objects"]:
+                j = ix.get(o["instrument"])
+                if j is None or not o["visible"]:
+                    continue
+                x0, y0, x1, y1 = o["bbox_px"]
+                for pi in range(49):
+                    py, px = divmod(pi, 7)
+                    w = max(0.0, min(x1, (px + 1) * cell) - max(x0, px * cell))
+                    h = max(0.0, min(y1, (py + 1) * cell) - max(y0, py * cell))
+                    cov[pi, j] = max(cov[pi, j], w * h / cell ** 2)
+            n_tok = c["patches"].shape[1]
+            tok = np.zeros((t_n, n_tok, len(insts)), np.float32)
+            for t in range(t_n):
+                a = c["assignment"][t].astype(np.int64)
+                np.add.at(tok[t], a, cov)
+                tok[t] /= np.maximum(np.bincount(a, minlength=n_tok), 1)[:, None]
+            c["aux"]["tok"] = tok
+
+
+def clip_instruments(split):
+    """The instruments of the split's clips' ground truth, sorted."""
+    names = set()
+    for c in split.clips:
+        npz = split.records[c["rec"][0]]["head_npz"]
+        with open(npz[:-len(".head.npz")] + ".json") as f:
+            names.update(o["instrument"] for o in json.load(f)["objects"])
+    return sorted(names)
+
+
+class AuxHeads(torch.nn.Module):
+    """--aux: linear read-outs of the head's per-second states, trained with it and dropped
+    after: `a` (the projected audio, read by the QTG and the means) -> heard instruments and
+    voice-over; `v` (the projected frame) -> visible instruments; `v_sp` (the SPM's sounding
+    region) -> the visible instruments that sound. They give the clip part dense targets
+    (every second of every clip) besides the answers."""
+
+    def __init__(self, hidden, n_inst):
+        super().__init__()
+        self.heard = torch.nn.Linear(hidden, n_inst + 1)
+        self.seen = torch.nn.Linear(hidden, n_inst)
+        self.seen_heard = torch.nn.Linear(hidden, n_inst)
+        self.tok = torch.nn.Linear(hidden, n_inst)
+
+    def loss(self, states, b):
+        m = states["m"]
+        terms = [F.binary_cross_entropy_with_logits(getattr(self, key)(x[m]), b["aux_" + key][m])
+                 for key, x in (("heard", states["a"]), ("seen", states["v"]), ("seen_heard", states["v_sp"]))]
+        if "aux_tok" in b:  # the SPM's tokens after self-attention [S,N,H], packed valid seconds
+            y = b["aux_tok"]
+            y = y.reshape((-1,) + y.shape[2:])[states["flat"]]
+            terms.append(F.binary_cross_entropy_with_logits(self.tok(states["tok"]), y))
+        return sum(terms) / len(terms)
+
+
+def ensure_positions(split):
+    """--patch-pos / --aux: per clip, each second's token merging ([T,14,2] merged-token
+    positions, y and x on the 7x7 grid; [T,49] the merged token of each patch), cached as
+    <clip>.merge.npz beside the features (computed once from the clip's 49 tokens with
+    models/token_merge.py, which gives the same tokens as the head features: the merged
+    features agree to fp16 rounding)."""
+    from token_merge import merge_tokens
+    t0, made = time.time(), 0
+    for c in split.clips:
+        base = split.records[c["rec"][0]]["head_npz"][:-len(".head.npz")]
+        path = base + ".merge.npz"
+        if not os.path.exists(path):
+            tokens = np.load(base + ".npz")["tokens"]
+            n = c["patches"].shape[1]
+            out = [merge_tokens(tokens[t], n) for t in range(len(tokens))]
+            np.savez(path[:-4] + ".part.npz", positions=np.stack([o[2] for o in out]).astype(np.float32),
+                     assignment=np.stack([o[3] for o in out]).astype(np.int8))
+            os.replace(path[:-4] + ".part.npz", path)
+            made += 1
+        d = np.load(path)
+        c["positions"], c["assignment"] = d["positions"], d["assignment"]
+        if c["positions"].shape[:2] != c["patches"].shape[:2]:
+            raise SystemExit(f"{path}: positions {c['positions'].shape} do not fit the patches {c['patches'].shape}")
+    if made:
+        log(f"token merging: {made} clips merged in {time.time() - t0:.0f} s")
+
+
 INPUTS = (("audio", "proj_audio"), ("visual", "proj_visual"), ("patches", "proj_patch"))
 
 
@@ -298,7 +420,19 @@ def make_batch(clips, emb):
         if "weight" in c:
             wt.append(c["weight"])
     cat = np.concatenate
-    return dict(audio=torch.from_numpy(audio), visual=torch.from_numpy(visual),
+    aux = {}
+    if "aux" in c0:
+        for key, y in c0["aux"].items():
+            pad = np.zeros((c_n, t_max) + y.shape[1:], np.float32)
+            for j, c in enumerate(clips):
+                pad[j, :len(c["valid"])] = c["aux"][key]
+            aux["aux_" + key] = torch.from_numpy(pad)
+    if "positions" in c0:
+        pos = np.zeros(patches.shape[:3] + (2,), np.float32)
+        for j, c in enumerate(clips):
+            pos[j, :len(c["valid"])] = c["positions"]
+        aux["positions"] = torch.from_numpy(pos)
+    return dict(**aux, audio=torch.from_numpy(audio), visual=torch.from_numpy(visual),
                 patches=torch.from_numpy(patches), valid=torch.from_numpy(valid),
                 ci=torch.from_numpy(cat(ci)), question=torch.from_numpy(emb[cat(q)]),
                 prompt=torch.from_numpy(emb[cat(p)]), answer=torch.from_numpy(cat(ans)),
@@ -340,12 +474,13 @@ def perturb_inputs(b, noise, dropout):
         b[key] = x
 
 
-def grouped_forward(model, b, all_time=False, straight_through=False):
+def grouped_forward(model, b, all_time=False, straight_through=False, states=None):
     """Logits [Q,A] for all questions of a batch of clips (see the module doc).
     straight_through (variant stsel, training only): the same top-k selection, but each
     gathered second's features are scaled by (1 + w - w.detach()) = 1 with w its TPM weight, so
     the loss reaches the TPM and the prompt projection, which the hard top-k otherwise cuts
-    off; the forward values are unchanged."""
+    off; the forward values are unchanged. states (a dict, --aux): receives the per-second
+    states a, v, v_sp [C,T,H] and the valid mask m [C,T]."""
     audio, visual, patches, valid, ci = b["audio"], b["visual"], b["patches"], b["valid"], b["ci"]
     c_n, t_n = valid.shape
     h = model.proj_audio.out_features
@@ -363,11 +498,18 @@ def grouped_forward(model, b, all_time=False, straight_through=False):
     a_mean_t, v_mean_t = masked_mean(a_av, mf), masked_mean(v_av, mf)  # [C,H]
     # SPM for every valid second (packed: padding seconds are not computed)
     flat = m.reshape(-1).nonzero()[:, 0]
-    tok = model.proj_patch(patches.reshape(c_n * t_n, -1, patches.shape[-1])[flat])  # [S,N,H]
+    n_tok = patches.shape[2]
+    pos = b.get("positions")
+    if pos is None and hasattr(model, "pos_patch"):
+        raise ValueError("the head has patch positions but the batch none (ensure_positions)")
+    pos = None if pos is None else pos.reshape(c_n * t_n, n_tok, 2)[flat]
+    tok = model.project_patches(patches.reshape(c_n * t_n, n_tok, patches.shape[-1])[flat], pos)  # [S,N,H]
     tok = model.spm_self(tok)
     v_sp_flat, _ = model.spm_cross(a.reshape(c_n * t_n, 1, h)[flat], tok)  # [S,1,H]
     v_sp = torch.zeros(c_n * t_n, h, dtype=a.dtype).index_copy(0, flat, v_sp_flat[:, 0])
     v_sp = v_sp.reshape(c_n, t_n, h)
+    if states is not None:
+        states.update(a=a, v=v, v_sp=v_sp, m=m, tok=tok, flat=flat)
     qa = model.qtg.attn
     ka, va, ks, vs = qa.k(a), qa.v(a), qa.k(v_sp), qa.v(v_sp)  # [C,T,H] each
 
@@ -425,8 +567,10 @@ def check_grouped(model, b, all_time=False):
             j = int(b["ci"][i])
             if all_time:
                 model.k, k0 = int(b["valid"].shape[1]), model.k
+            pos = b.get("positions")
             out = model(b["audio"][j:j + 1], b["visual"][j:j + 1], b["patches"][j:j + 1],
-                        b["question"][i:i + 1], b["prompt"][i:i + 1], b["valid"][j:j + 1])
+                        b["question"][i:i + 1], b["prompt"][i:i + 1], b["valid"][j:j + 1],
+                        None if pos is None else pos[j:j + 1])
             if all_time:
                 model.k = k0
             ref.append(out[0])
@@ -497,6 +641,8 @@ def load_compact(model, path):
     d = np.load(path)
     if "qtg_slots::f16" in d.files:
         model.enable_time_slots()
+    if "pos_patch.weight::q8" in d.files:
+        model.enable_patch_positions()
     state = model.state_dict()
     seen = set()
     for key in d.files:
@@ -561,6 +707,12 @@ def train(args):
     model = tspm.TSPMHead(len(answers), **dims)  # same init as export_head (SEED)
     if args.time_slots:
         model.enable_time_slots()  # zeros: the other parameters' init is unchanged
+    if args.patch_pos:
+        if args.variant == "nomerge":
+            raise SystemExit("--patch-pos needs the merged tokens (not variant nomerge)")
+        for sp in (tr, va) + ((va_raw,) if stats or args.visual_basis == "imagenet" else ()):
+            ensure_positions(sp)
+        model.enable_patch_positions()  # zeros, as the slots
     d, scale = check_grouped(model, make_batch(tr.clips[:2], emb), all_time)
     log(f"grouped forward vs TSPMHead.forward per question: max |d| {d:.2e} (logits up to {scale:.2f})")
     if d > 1e-4 * max(1.0, scale):
@@ -570,6 +722,16 @@ def train(args):
     # The hard top-k passes no gradient to the TPM and the prompt projection (stsel: it does).
     trainable = [p for n, p in model.named_parameters()
                  if straight_through or not n.startswith(("tpm.", "proj_prompt."))]
+    aux = None
+    if args.aux:
+        if args.aux_tokens:
+            ensure_positions(tr)
+        insts = clip_instruments(tr)
+        set_aux_targets(tr, insts)
+        aux = AuxHeads(model.proj_audio.out_features, len(insts))
+        trainable += list(aux.parameters())
+        log(f"auxiliary per-second targets (weight {args.aux}): {len(insts)} instruments heard / "
+            f"seen / seen and heard, and the voice-over")
     opt = torch.optim.Adam(trainable, lr=args.lr)
     drop_at = max(1, round(args.epochs * 2 / 3))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=drop_at, gamma=0.1)
@@ -580,16 +742,21 @@ def train(args):
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = rng.permutation(len(tr.clips))
-        tot_loss, tot_n, tot_ok, t_ep = 0.0, 0, 0, time.time()
+        tot_loss, tot_aux, tot_n, tot_ok, t_ep = 0.0, 0.0, 0, 0, time.time()
         for i in range(0, len(order), args.clips_per_batch):
             b = make_batch([tr.clips[j] for j in order[i:i + args.clips_per_batch]], emb)
             if args.input_noise or args.input_dropout:
                 perturb_inputs(b, args.input_noise, args.input_dropout)
-            logits = grouped_forward(model, b, all_time, straight_through)
+            states = {} if aux else None
+            logits = grouped_forward(model, b, all_time, straight_through, states)
             if b["weight"] is None:
                 loss = F.cross_entropy(logits, b["answer"])
             else:
                 loss = (F.cross_entropy(logits, b["answer"], reduction="none") * b["weight"]).mean()
+            if aux:
+                aux_loss = aux.loss(states, b)
+                tot_aux += float(aux_loss) * len(b["answer"])
+                loss = loss + args.aux * aux_loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -602,14 +769,15 @@ def train(args):
         tab = accuracy_table(va.records, pred)
         acc = tab["overall"]["acc"]
         row = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=tot_loss / tot_n,
-                   train_acc=tot_ok / tot_n, val_acc=acc, seconds=time.time() - t_ep,
+                   train_acc=tot_ok / tot_n, val_acc=acc, **({"aux_loss": tot_aux / tot_n} if aux else {}), seconds=time.time() - t_ep,
                    val_by_type={k: v["acc"] for k, v in tab.items()})
         history.append(row)
         mark = ""
         if acc > best["acc"]:
             best = dict(acc=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()), table=tab)
             mark = "  *best"
-        log(f"epoch {epoch:2d}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
+        log(f"epoch {epoch:2d}/{args.epochs}: loss {row['train_loss']:.3f}"
+            + (f" (aux {row['aux_loss']:.3f})" if aux else "") + ", train acc "
             f"{100 * row['train_acc']:.1f} %, val acc {100 * acc:.1f} % ({row['seconds']:.0f} s){mark}")
     train_s = time.time() - t_train
     model.load_state_dict(best["state"])
@@ -627,7 +795,7 @@ def train(args):
     log(f"best epoch {best['epoch']}: val {fmt_table(best['table'])}")
     report = dict(
         variant=args.variant, time_slots=args.time_slots, visual_basis=args.visual_basis, data=args.data,
-        template_weight=args.template_weight, templates=sorted(args.templates or []),
+        template_weight=args.template_weight, aux=args.aux, aux_tokens=args.aux_tokens, patch_pos=args.patch_pos, templates=sorted(args.templates or []),
         seed=SEED, shuffle_seed=args.seed,
         recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
                     epochs=args.epochs, clips_per_batch=args.clips_per_batch, dropout=0.1,
@@ -670,6 +838,16 @@ def main():
     ap.add_argument("--templates", type=lambda v: {int(x) for x in v.split(",")}, metavar="IDS",
                     help="experiment: train and validate on these template ids only (e.g. 2): "
                          "can the head learn them when no other question competes?")
+    ap.add_argument("--aux", type=float, default=0.0, metavar="WEIGHT",
+                    help="experiment: add WEIGHT x the auxiliary per-second losses (instruments "
+                         "heard / seen / seen and heard, voice-over; AuxHeads) in training "
+                         "(default 0: none)")
+    ap.add_argument("--aux-tokens", action="store_true",
+                    help="experiment, with --aux: also the instruments covering each merged "
+                         "token (from the ground truth's boxes) as a target of the SPM's tokens")
+    ap.add_argument("--patch-pos", action="store_true",
+                    help="experiment: add the merged tokens' grid positions to the SPM's tokens "
+                         "(TSPMHead.enable_patch_positions); not exportable yet")
     ap.add_argument("--time-slots", action="store_true",
                     help="add the QTG time-slot embeddings (TSPMHead.enable_time_slots)")
     ap.add_argument("--visual-basis", choices=("raw", "imagenet"), default="raw",
@@ -704,6 +882,8 @@ def main():
     va = Split(args.data, "val", "full", text)
     if args.templates:
         va.only_templates(args.templates)
+    if hasattr(deq, "pos_patch"):
+        ensure_positions(va)
     pred, _ = predict(deq, va, emb)
     report["compact"] = dict(file=os.path.relpath(path, os.path.dirname(HERE)),
                              bytes=os.path.getsize(path),

@@ -49,6 +49,21 @@ import torch.nn.functional as F
 
 # Our encoders (spec §1): YAMNet 1024, EfficientNet-Lite0 pooled 1280 and 14 merged tokens of
 # 1280, MiniLM-L6 384 for question and prompt.
+POS_FREQS = 4
+POS_FEATURES = 2 + 4 * POS_FREQS
+
+
+def patch_position_features(pos, side=7):
+    """pos [..., 2] (y, x in grid units 0..side-1) -> [..., POS_FEATURES]: the position scaled
+    to 0..1 and sin / cos of it at POS_FREQS octaves."""
+    p = pos / float(side - 1)
+    feats = [p]
+    for i in range(POS_FREQS):
+        w = math.pi * (2 ** i)
+        feats += [torch.sin(w * p), torch.cos(w * p)]
+    return torch.cat(feats, dim=-1)
+
+
 OUR_DIMS = dict(d_audio=1024, d_visual=1280, d_patch=1280, d_question=384, d_prompt=384)
 # The paper's: VGGish 128, CLIP ViT-L/14 image 768, ViT-L/16 tokens 1024, CLIP text 768.
 PAPER_DIMS = dict(d_audio=128, d_visual=768, d_patch=1024, d_question=768, d_prompt=768)
@@ -264,6 +279,26 @@ class TSPMHead(nn.Module):
             self.time_slots = True
         return self
 
+    def enable_patch_positions(self):
+        """Adds a patch-position embedding (a deviation from spec §2, off by default): each
+        merged token's mean grid position (token merging's `positions`, [y, x] on the 7x7
+        grid) through patch_position_features and one Linear, added to the projected token.
+        The spec'd SPM sees the tokens as a set, so where an instrument stands (left, middle,
+        right) reaches the head only through what the CNN's features happen to keep of it.
+        Zero-initialised: zeros give the spec'd head exactly."""
+        if not hasattr(self, "pos_patch"):
+            self.pos_patch = nn.Linear(POS_FEATURES, self.proj_patch.out_features)
+            nn.init.zeros_(self.pos_patch.weight)
+            nn.init.zeros_(self.pos_patch.bias)
+        return self
+
+    def project_patches(self, patches, positions=None):
+        """proj_patch, plus the position embedding when the head has one."""
+        tok = self.proj_patch(patches)
+        if positions is not None and hasattr(self, "pos_patch"):
+            tok = tok + self.pos_patch(patch_position_features(positions))
+        return tok
+
     def slot_kv(self, which, n_sel):
         """The slot embedding's share of the QTG keys and values for slot set `which` (0 audio,
         1 SPM) over n_sel selected seconds, [n_sel,H] each (k(x + s) = k(x) + s Wk^T, no bias
@@ -275,7 +310,7 @@ class TSPMHead(nn.Module):
         attn = self.qtg.attn
         return s @ attn.k.weight.t(), s @ attn.v.weight.t()
 
-    def forward(self, audio, visual, patches, question, prompt, valid=None):
+    def forward(self, audio, visual, patches, question, prompt, valid=None, positions=None):
         """audio [B,T,Da], visual [B,T,Dv], patches [B,T,N,Dp], question [B,Dq], prompt [B,Dp'],
         valid [B,T] float (> 0.5 = real second) or None (all real).
         Returns logits [B,A], temporal_weights [B,T], selected [B,k] int64, spm_attention [B,k,N].
@@ -327,7 +362,8 @@ class TSPMHead(nn.Module):
         _v_k = gather_rows(v, sel)  # gathered as the spec says; no downstream use in §2
         pk = gather_rows(patches, sel)  # [B,k,N,Dp] raw tokens of the selected seconds
         n_tok = pk.shape[2]
-        tok = self.proj_patch(pk).reshape(-1, n_tok, a.shape[-1])  # [B*k,N,H]
+        pos_k = None if positions is None else gather_rows(positions, sel)  # [B,k,N,2]
+        tok = self.project_patches(pk, pos_k).reshape(-1, n_tok, a.shape[-1])  # [B*k,N,H]
 
         # SPM
         tok = self.spm_self(tok)
