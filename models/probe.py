@@ -2,7 +2,7 @@
 
     ~/.cache/tspm-edge/venv/bin/python models/probe.py [--data DIR] [--model-dir DIR] [visual|audio|comparative|text|scale ...]
 
-Five questions behind models/head/README.md's "why the goal stays out of reach":
+Six questions behind models/head/README.md's "why the goal stays out of reach":
 
 visual       Do EfficientNet-Lite0's features of a clip tell which instruments are in the
              picture, for the training material's pictures (validation clips) and for the test
@@ -33,6 +33,9 @@ text         Can the head tell "Is the X louder than the Y?" from "Is the Y loud
              order-aware 768-d embedding (the mean of the first half of MiniLM's token states
              next to the mean of the second half, L2-normalised; ~3 min) and links to the data
              set's other files, for `train.py --data DIR` and `eval.py --data DIR`.
+head         (not in the default set) Where inside the trained head (--weights) does a
+             template's answer (--template, default 2, the voice-over) get lost? Linear probes
+             on the head's own states for that template's questions, against its answers (~2 min).
 scale        Is it the picture or its size? Single pictures on the synthesiser's backgrounds, a
              third of the 448-px frame wide (as in the clips) or filling it; EfficientNet-Lite0
              run at 224 (the frame scaled down) and at 448 (as it is; tokens 2x2-pooled to 7x7).
@@ -408,7 +411,71 @@ def scale(args):
               f"test {100 * ts:5.1f} % ({len(yt)} renders)")
 
 
-PROBES = {"visual": visual, "audio": audio, "comparative": comparative, "text": text, "scale": scale}
+def head_states(model, split, emb):
+    """The head's internals for every question of split: the fuse layer's input (the six
+    pooled streams [Q, 6H]), the answer layer's input [Q, H] and the logits [Q, A]."""
+    import tspm  # noqa: F401  (the head's module, loaded by T)
+    out = {"streams": [], "final": [], "logits": []}
+    cap = {}
+    hooks = [model.fuse.register_forward_hook(lambda m, i, o: cap.update(streams=i[0])),
+             model.answer.register_forward_hook(lambda m, i, o: cap.update(final=i[0], logits=o))]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(split.clips), 8):
+                b = T.make_batch(split.clips[i:i + 8], emb)
+                T.grouped_forward(model, b)
+                order = np.argsort(b["rec"])  # questions in record order
+                for k in out:
+                    out[k].append(cap[k].numpy()[order])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def head(args):
+    """Where does a template's answer get lost inside the trained head? For the questions of
+    --template (default 2, "Is there a voiceover?"): a linear softmax probe over the answers,
+    trained on the training split's questions of that template, on the head's own states
+    (the six pooled streams the fuse layer reads, the final layer's input, the logits); against
+    the head's own answers. A probe that beats the head on held-out clips means the head holds
+    the answer but its shared answer layer does not read it out for this template."""
+    import tspm
+    emb, text = T.load_text(args.data)
+    answers = tspm.read_answers(os.path.join(HERE, "answers.txt"))
+    model = tspm.TSPMHead(len(answers), **tspm.OUR_DIMS)
+    T.load_compact(model, args.weights)
+    states, ys = {}, {}
+    for split in ("train", "val", "test"):
+        sp = T.Split(args.data, split, "full", text)
+        sp.only_templates({args.template})
+        states[split] = head_states(model, sp, emb)
+        ys[split] = np.array([r["answer_index"] for r in sp.records])
+    print(f"head: template {args.template}, {os.path.relpath(args.weights)}; questions "
+          + ", ".join(f"{s} {len(y)}" for s, y in ys.items()))
+    own = {s: float((states[s]["logits"].argmax(1) == ys[s]).mean()) for s in ys}
+    print("head: the head's own answers: " + ", ".join(f"{s} {100 * v:.1f} %" for s, v in own.items()))
+    for key in ("streams", "final", "logits"):
+        x = {s: states[s][key] for s in ys}
+        mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-3
+        xt = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(xt["train"].shape[1], len(answers))
+        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
+        y = torch.tensor(ys["train"])
+        for _ in range(300):
+            opt.zero_grad()
+            F.cross_entropy(lin(xt["train"]), y).backward()
+            opt.step()
+        with torch.no_grad():
+            acc = {s: float((lin(xt[s]).argmax(1).numpy() == ys[s]).mean()) for s in ys}
+        print(f"head: linear probe on {key} [{x['train'].shape[1]}]: "
+              + ", ".join(f"{s} {100 * v:.1f} %" for s, v in acc.items()))
+
+
+PROBES = {"visual": visual, "audio": audio, "comparative": comparative, "text": text, "scale": scale,
+          "head": head}
 
 
 def main():
@@ -421,7 +488,11 @@ def main():
                     help="scale: synth.py's --cache (the unpacked Debian material)")
     ap.add_argument("--write-halves", metavar="DIR",
                     help="text: also write an experiment data dir with order-aware text embeddings")
-    ap.add_argument("probes", nargs="*", help="visual, audio, comparative, text, scale (default: all five)")
+    ap.add_argument("--weights", default=os.path.join(HERE, "head", "tspm_head.npz"),
+                    help="head: the trained head (compact .npz)")
+    ap.add_argument("--template", type=int, default=2, help="head: the template id")
+    ap.add_argument("probes", nargs="*",
+                    help="visual, audio, comparative, text, scale (default: these five), head")
     args = ap.parse_args()
     args.probes = args.probes or ["visual", "audio", "comparative", "text", "scale"]
     for p in args.probes:

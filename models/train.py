@@ -2,7 +2,7 @@
 
     ~/.cache/tspm-edge/venv/bin/python models/train.py [--data DIR] [--variant full]
         [--epochs 14] [--clips-per-batch 2] [--lr 2e-4] [--seed 7] [--threads 1]
-        [--out models/head] [--no-export] [--time-slots] [--input-noise S] [--input-dropout P]
+        [--out models/head] [--no-export] [--aux 1] [--no-aux-tokens] [--time-slots] ...
 
 (`bash models/train.sh` runs the whole chain: data set, this, export, evaluation.)
 
@@ -118,6 +118,12 @@ the prior's 71.7 % (models/head/README.md, "Per template").
 whether the head can learn them when no other question competes: template 2 ("Is there a
 voiceover?") reaches 96.7 % on validation after one epoch, while the head trained on all 33
 answers it with the prior's answer.
+
+**--init NPZ / --train-only LAYERS** (experiments): start from a trained head (its folded
+standardization unfolded again) and train only the layers named (prefixes, e.g.
+`proj_question,fuse,answer`), a second training stage. 2026-12-04 from the shipped head, with
+`--template-weight 0.5 --lr 1e-3 --epochs 4 --aux 0`: the voice-over (template 2) 68 -> 85 %
+on the test, overall 61.7 -> 61.1 % (models/head/README.md, "Per template", at its end).
 
 Text embeddings of another width than MiniLM's 384 in the data dir's text.npz (e.g. from
 `probe.py text --write-halves DIR`) size the question and prompt projections to match.
