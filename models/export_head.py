@@ -734,6 +734,8 @@ def main():
     if weights:
         from train import load_compact
         meta = load_compact(model, weights)
+        if hasattr(model, "pos_patch"):  # the ONNX head has no positions input
+            raise SystemExit(f"{weights}: a --patch-pos experiment's head cannot be exported")
         model.eval()
         WEIGHTS_DESC = (f"trained ({os.path.basename(weights)} sha256 {sha256(weights)[:12]}, "
                         f"best epoch {meta.get('best_epoch')}, see models/head/train_report.json)")

@@ -227,8 +227,10 @@ def set_aux_targets(split, insts):
     """--aux: per clip, per second targets from its ground-truth record (<clip>.json beside the
     features): `heard` [T, I+1] the instruments sounding in second t (audible, level above
     -60 dB in that second) and the voice-over; `seen` [T, I] the visible instruments;
-    `seen_heard` [T, I] the visible ones sounding in second t. Training only: the targets
-    come from the synthesiser's ground truth, which a deployed clip does not have."""
+    `seen_heard` [T, I] the visible ones sounding in second t; and, when the clip has its
+    token merging (ensure_positions), `tok` [T, N, I]: the share of each merged token's
+    patches covered by each visible instrument's box. Training only: the targets come from
+    the synthesiser's ground truth, which a deployed clip does not have."""
     ix = {n: i for i, n in enumerate(insts)}
     for c in split.clips:
         t_n = len(c["valid"])
@@ -288,8 +290,9 @@ class AuxHeads(torch.nn.Module):
     """--aux: linear read-outs of the head's per-second states, trained with it and dropped
     after: `a` (the projected audio, read by the QTG and the means) -> heard instruments and
     voice-over; `v` (the projected frame) -> visible instruments; `v_sp` (the SPM's sounding
-    region) -> the visible instruments that sound. They give the clip part dense targets
-    (every second of every clip) besides the answers."""
+    region) -> the visible instruments that sound; the SPM's self-attended tokens -> the
+    instruments covering each token (when the batch has `aux_tok`). They give the clip part
+    dense targets (every second of every clip) besides the answers."""
 
     def __init__(self, hidden, n_inst):
         super().__init__()
@@ -300,8 +303,9 @@ class AuxHeads(torch.nn.Module):
 
     def loss(self, states, b):
         m = states["m"]
+        reads = (("heard", states["a"]), ("seen", states["v"]), ("seen_heard", states["v_sp"]))
         terms = [F.binary_cross_entropy_with_logits(getattr(self, key)(x[m]), b["aux_" + key][m])
-                 for key, x in (("heard", states["a"]), ("seen", states["v"]), ("seen_heard", states["v_sp"]))]
+                 for key, x in reads]
         if "aux_tok" in b:  # the SPM's tokens after self-attention [S,N,H], packed valid seconds
             y = b["aux_tok"]
             y = y.reshape((-1,) + y.shape[2:])[states["flat"]]
@@ -332,7 +336,8 @@ def ensure_positions(split):
         d = np.load(path)
         c["positions"], c["assignment"] = d["positions"], d["assignment"]
         if c["positions"].shape[:2] != c["patches"].shape[:2]:
-            raise SystemExit(f"{path}: positions {c['positions'].shape} do not fit the patches {c['patches'].shape}")
+            raise SystemExit(f"{path}: positions {c['positions'].shape} do not fit the "
+                             f"patches {c['patches'].shape}")
     if made:
         log(f"token merging: {made} clips merged in {time.time() - t0:.0f} s")
 
@@ -512,7 +517,8 @@ def grouped_forward(model, b, all_time=False, straight_through=False, states=Non
     gathered second's features are scaled by (1 + w - w.detach()) = 1 with w its TPM weight, so
     the loss reaches the TPM and the prompt projection, which the hard top-k otherwise cuts
     off; the forward values are unchanged. states (a dict, --aux): receives the per-second
-    states a, v, v_sp [C,T,H] and the valid mask m [C,T]."""
+    states a, v, v_sp [C,T,H], the valid mask m [C,T], the SPM's tokens after self-attention
+    tok [S,N,H] for the S valid seconds and their flat indices `flat` [S] into C*T."""
     audio, visual, patches, valid, ci = b["audio"], b["visual"], b["patches"], b["valid"], b["ci"]
     c_n, t_n = valid.shape
     h = model.proj_audio.out_features
@@ -820,7 +826,8 @@ def train(args):
         tab = accuracy_table(va.records, pred)
         acc = tab["overall"]["acc"]
         row = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=tot_loss / tot_n,
-                   train_acc=tot_ok / tot_n, val_acc=acc, **({"aux_loss": tot_aux / tot_n} if aux else {}), seconds=time.time() - t_ep,
+                   train_acc=tot_ok / tot_n, val_acc=acc, seconds=time.time() - t_ep,
+                   **({"aux_loss": tot_aux / tot_n} if aux else {}),
                    val_by_type={k: v["acc"] for k, v in tab.items()})
         history.append(row)
         mark = ""
@@ -846,7 +853,8 @@ def train(args):
     log(f"best epoch {best['epoch']}: val {fmt_table(best['table'])}")
     report = dict(
         variant=args.variant, time_slots=args.time_slots, visual_basis=args.visual_basis, data=args.data,
-        template_weight=args.template_weight, aux=args.aux, aux_tokens=args.aux_tokens, patch_pos=args.patch_pos, templates=sorted(args.templates or []),
+        template_weight=args.template_weight, aux=args.aux, aux_tokens=args.aux_tokens,
+        patch_pos=args.patch_pos, templates=sorted(args.templates or []),
         seed=SEED, shuffle_seed=args.seed,
         recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
                     epochs=args.epochs, clips_per_batch=args.clips_per_batch, dropout=0.1,
