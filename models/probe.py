@@ -88,21 +88,27 @@ def instrument_labels(probe, sets):
     return insts, labels
 
 
-def linear_probe(x, labels, insts):
-    """Multi-label linear probe (features standardized on x["train"], trained there): its
-    scores [clips, instruments] per split (score_report reads them)."""
+def fit_linear(x, y, n_out, loss, eps=1e-2, weight_decay=1e-4, steps=400):
+    """A linear layer (features standardized on x["train"], std + eps) trained full-batch with
+    Adam 1e-2 on x["train"] against y (the train split's targets): its outputs per split."""
     torch.manual_seed(0)
-    mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-2
+    mu, sd = x["train"].mean(0), x["train"].std(0) + eps
     x = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
-    lin = torch.nn.Linear(x["train"].shape[1], len(insts))
-    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
-    y = torch.tensor(labels["train"])
-    for _ in range(400):
+    lin = torch.nn.Linear(x["train"].shape[1], n_out)
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=weight_decay)
+    y = torch.tensor(y)
+    for _ in range(steps):
         opt.zero_grad()
-        F.binary_cross_entropy_with_logits(lin(x["train"]), y).backward()
+        loss(lin(x["train"]), y).backward()
         opt.step()
     with torch.no_grad():
         return {s: lin(x[s]).numpy() for s in x}
+
+
+def linear_probe(x, labels, insts):
+    """Multi-label linear probe (features standardized on x["train"], trained there): its
+    scores [clips, instruments] per split (score_report reads them)."""
+    return fit_linear(x, labels["train"], len(insts), F.binary_cross_entropy_with_logits)
 
 
 def score_report(scores, labels, insts):
@@ -458,18 +464,9 @@ def head(args):
     print("head: the head's own answers: " + ", ".join(f"{s} {100 * v:.1f} %" for s, v in own.items()))
     for key in ("streams", "final", "logits"):
         x = {s: states[s][key] for s in ys}
-        mu, sd = x["train"].mean(0), x["train"].std(0) + 1e-3
-        xt = {s: torch.tensor((v - mu) / sd, dtype=torch.float32) for s, v in x.items()}
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(xt["train"].shape[1], len(answers))
-        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
-        y = torch.tensor(ys["train"])
-        for _ in range(300):
-            opt.zero_grad()
-            F.cross_entropy(lin(xt["train"]), y).backward()
-            opt.step()
-        with torch.no_grad():
-            acc = {s: float((lin(xt[s]).argmax(1).numpy() == ys[s]).mean()) for s in ys}
+        out = fit_linear(x, ys["train"], len(answers), F.cross_entropy, eps=1e-3,
+                         weight_decay=1e-3, steps=300)
+        acc = {s: float((out[s].argmax(1) == ys[s]).mean()) for s in ys}
         print(f"head: linear probe on {key} [{x['train'].shape[1]}]: "
               + ", ".join(f"{s} {100 * v:.1f} %" for s, v in acc.items()))
 
