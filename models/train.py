@@ -234,9 +234,7 @@ def set_aux_targets(split, insts):
     ix = {n: i for i, n in enumerate(insts)}
     for c in split.clips:
         t_n = len(c["valid"])
-        npz = split.records[c["rec"][0]]["head_npz"]
-        with open(npz[:-len(".head.npz")] + ".json") as f:
-            gt = json.load(f)
+        gt = ground_truth(split, c)
         heard = np.zeros((t_n, len(insts) + 1), np.float32)
         seen = np.zeros((t_n, len(insts)), np.float32)
         for o in gt["objects"]:
@@ -280,10 +278,15 @@ def clip_instruments(split):
     """The instruments of the split's clips' ground truth, sorted."""
     names = set()
     for c in split.clips:
-        npz = split.records[c["rec"][0]]["head_npz"]
-        with open(npz[:-len(".head.npz")] + ".json") as f:
-            names.update(o["instrument"] for o in json.load(f)["objects"])
+        names.update(o["instrument"] for o in ground_truth(split, c)["objects"])
     return sorted(names)
+
+
+def ground_truth(split, c):
+    """The synthesiser's record of clip c (<clip>.json beside its features)."""
+    npz = split.records[c["rec"][0]]["head_npz"]
+    with open(npz[:-len(".head.npz")] + ".json") as f:
+        return json.load(f)
 
 
 class AuxHeads(torch.nn.Module):
