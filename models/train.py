@@ -2,7 +2,7 @@
 
     ~/.cache/tspm-edge/venv/bin/python models/train.py [--data DIR] [--variant full]
         [--epochs 14] [--clips-per-batch 2] [--lr 2e-4] [--seed 7] [--threads 1]
-        [--out models/head] [--no-export] [--aux 1] [--no-aux-tokens] [--time-slots] ...
+        [--out models/head] [--no-export] [--aux 1] [--no-aux-tokens] [--aux-levels] [--time-slots] ...
 
 (`bash models/train.sh` runs the whole chain: data set, this, export, evaluation.)
 
@@ -82,6 +82,12 @@ and 60.8 % (with the token target) on the test, against 61.3 and 61.7 % without;
                67.0 % for full retrained in the same run; test (PyTorch) 59.4 % against 58.9 %
                (the head shipped then 59.1 %): within run-to-run noise, so the selection's random
                weights are not what holds the test accuracy down. Not shipped.
+
+**--aux-levels** (with --aux, an experiment): also regresses, per second, each sounding
+instrument's level and onset rate from the projected audio (squared error on the seconds it
+sounds), the quantities the comparisons are defined by. 2026-12-04, seed 7: test 60.8 %,
+Audio Comparative 49.9 % (61.3 / 48.2 % with the order-aware question embedding of
+`probe.py text --write-halves`); not shipped (models/head/README.md, "Per template").
 
 **--time-slots** (any variant): `TSPMHead.enable_time_slots`, one learned vector per slot of
 the k selected seconds added to the QTG's keys and values, a deviation from spec §2: the
@@ -229,20 +235,24 @@ def overlap_seconds(spans, t_n, min_s=0.3):
     return out
 
 
-def set_aux_targets(split, insts):
+def set_aux_targets(split, insts, levels=False):
     """--aux: per clip, per second targets from its ground-truth record (<clip>.json beside the
     features): `heard` [T, I+1] the instruments sounding in second t (audible, level above
     -60 dB in that second) and the voice-over; `seen` [T, I] the visible instruments;
     `seen_heard` [T, I] the visible ones sounding in second t; and, when the clip has its
     token merging (ensure_positions), `tok` [T, N, I]: the share of each merged token's
     patches covered by each visible instrument's box. Training only: the targets come from
-    the synthesiser's ground truth, which a deployed clip does not have."""
+    the synthesiser's ground truth, which a deployed clip does not have. With `levels`
+    (--aux-levels), also `level` and `rate` [T, I]: each sounding instrument's level in that
+    second ((dB + 40) / 20) and its onset rate (per second / 4), 0 where it is silent."""
     ix = {n: i for i, n in enumerate(insts)}
     for c in split.clips:
         t_n = len(c["valid"])
         gt = ground_truth(split, c)
         heard = np.zeros((t_n, len(insts) + 1), np.float32)
         seen = np.zeros((t_n, len(insts)), np.float32)
+        level = np.zeros((t_n, len(insts)), np.float32)  # (dB + 40) / 20 while it sounds
+        rate = np.zeros((t_n, len(insts)), np.float32)  # onsets per second / 4 while it sounds
         for o in gt["objects"]:
             j = ix.get(o["instrument"])
             if j is None:
@@ -252,12 +262,17 @@ def set_aux_targets(split, insts):
             loud[:len(per_s)] = per_s
             on = (loud > -60.0).astype(np.float32) if o["audible"] else np.zeros(t_n, np.float32)
             heard[:, j] = np.maximum(heard[:, j], on)
+            here = on > 0
+            level[here, j] = np.maximum(level[here, j], (loud[here] + 40.0) / 20.0)
+            rate[here, j] = np.maximum(rate[here, j], o.get("onset_rate_hz", 0.0) / 4.0)  # silent: none
             if o["visible"]:
                 seen[:, j] = 1.0
         vo = gt.get("voiceover") or {}
         if vo.get("present"):
             heard[:, -1] = overlap_seconds(vo["spans"], t_n)
         c["aux"] = dict(heard=heard, seen=seen, seen_heard=seen * heard[:, :-1])
+        if levels:
+            c["aux"].update(level=level, rate=rate)
         if "assignment" in c:  # which instrument covers each merged token (soft, 0..1)
             cell = gt["frame"]["width_px"] / 7.0
             cov = np.zeros((49, len(insts)), np.float32)
@@ -303,18 +318,25 @@ class AuxHeads(torch.nn.Module):
     instruments covering each token (when the batch has `aux_tok`). They give the clip part
     dense targets (every second of every clip) besides the answers."""
 
-    def __init__(self, hidden, n_inst):
+    def __init__(self, hidden, n_inst, levels=False):
         super().__init__()
         self.heard = torch.nn.Linear(hidden, n_inst + 1)
         self.seen = torch.nn.Linear(hidden, n_inst)
         self.seen_heard = torch.nn.Linear(hidden, n_inst)
         self.tok = torch.nn.Linear(hidden, n_inst)
+        if levels:  # only then: a Linear's init draws random numbers (the recipe's dropout masks)
+            self.levels = torch.nn.Linear(hidden, 2 * n_inst)
 
     def loss(self, states, b):
         m = states["m"]
         reads = (("heard", states["a"]), ("seen", states["v"]), ("seen_heard", states["v_sp"]))
         terms = [F.binary_cross_entropy_with_logits(getattr(self, key)(x[m]), b["aux_" + key][m])
                  for key, x in reads]
+        if "aux_level" in b:  # squared error on the seconds an instrument sounds
+            on = b["aux_heard"][m][:, :-1]
+            pred = self.levels(states["a"][m]).reshape(len(on), 2, -1)
+            for i, key in enumerate(("aux_level", "aux_rate")):
+                terms.append(((pred[:, i] - b[key][m]) ** 2 * on).sum() / on.sum().clamp(min=1.0))
         if "aux_tok" in b:  # the SPM's tokens after self-attention [S,N,H], packed valid seconds
             y = b["aux_tok"]
             y = y.reshape((-1,) + y.shape[2:])[states["flat"]]
@@ -801,8 +823,8 @@ def train(args):
         elif args.aux_tokens:
             ensure_positions(tr)
         insts = clip_instruments(tr)
-        set_aux_targets(tr, insts)
-        aux = AuxHeads(model.proj_audio.out_features, len(insts))
+        set_aux_targets(tr, insts, args.aux_levels)
+        aux = AuxHeads(model.proj_audio.out_features, len(insts), args.aux_levels)
         trainable += list(aux.parameters())
         log(f"auxiliary per-second targets (weight {args.aux}): {len(insts)} instruments heard / "
             f"seen / seen and heard, and the voice-over")
@@ -876,6 +898,7 @@ def train(args):
     report = dict(
         variant=args.variant, time_slots=args.time_slots, visual_basis=args.visual_basis, data=args.data,
         template_weight=args.template_weight, aux=args.aux, distill=args.distill, aux_tokens=args.aux_tokens,
+        aux_levels=args.aux_levels,
         patch_pos=args.patch_pos, templates=sorted(args.templates or []),
         seed=SEED, shuffle_seed=args.seed,
         recipe=dict(optimizer="Adam", lr=args.lr, lr_decay="x0.1 after epoch %d" % drop_at,
@@ -924,6 +947,9 @@ def main():
                          "heard, seen, seen and heard, the voice-over, and per token the "
                          "instruments covering it) added to the answers' loss in training "
                          "(default 1; 0: the answers' loss alone, the recipe before 2026-12-04)")
+    ap.add_argument("--aux-levels", action="store_true",
+                    help="experiment: --aux also regresses, per second, each sounding instrument's "
+                         "level and onset rate from the projected audio")
     ap.add_argument("--no-aux-tokens", dest="aux_tokens", action="store_false",
                     help="leave out the per-token target of --aux")
     ap.add_argument("--init", metavar="NPZ",
