@@ -289,22 +289,10 @@ def comparative_seq(args):
     insts = sorted({o["instrument"] for c in data["train"][0].values() for o in c["gt"]["objects"]})
     n_i = len(insts)
 
+    ix = {n: i for i, n in enumerate(insts)}
+
     def targets(c):
-        """Per second and instrument: sounding (level > -60 dB), its level and its onset rate."""
-        t_n = len(c["audio"])
-        on, lvl, rate = (np.zeros((t_n, n_i), np.float32) for _ in range(3))
-        for o in c["gt"]["objects"]:
-            if o["instrument"] not in insts or not o["audible"]:
-                continue
-            j = insts.index(o["instrument"])
-            per_s = np.full(t_n, -90.0, np.float32)
-            v = np.asarray(o["loudness_per_s_db"], np.float32)[:t_n]
-            per_s[:len(v)] = v
-            here = per_s > -60.0
-            on[here, j] = 1.0
-            lvl[here, j] = np.maximum(lvl[here, j], (per_s[here] + 40.0) / 20.0)
-            rate[here, j] = o["onset_rate_hz"] / 4.0
-        return on, lvl, rate
+        return T.sounding_levels(c["gt"], ix, len(c["audio"]))
 
     x_tr = np.concatenate([c["audio"] for c in data["train"][0].values()])
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-2

@@ -235,6 +235,25 @@ def overlap_seconds(spans, t_n, min_s=0.3):
     return out
 
 
+def sounding_levels(gt, ix, t_n):
+    """Per second and instrument (ix: name -> column) of a ground-truth record: whether it sounds
+    (audible, level above -60 dB in that second), its level then ((dB + 40) / 20) and its
+    onset rate then (per second / 4); each [t_n, len(ix)], 0 where it is silent."""
+    on, level, rate = (np.zeros((t_n, len(ix)), np.float32) for _ in range(3))
+    for o in gt["objects"]:
+        j = ix.get(o["instrument"])
+        if j is None or not o["audible"]:
+            continue
+        loud = np.full(t_n, -90.0, np.float32)
+        per_s = np.asarray(o.get("loudness_per_s_db", []), np.float32)[:t_n]
+        loud[:len(per_s)] = per_s
+        here = loud > -60.0
+        on[here, j] = 1.0
+        level[here, j] = np.maximum(level[here, j], (loud[here] + 40.0) / 20.0)
+        rate[here, j] = np.maximum(rate[here, j], o["onset_rate_hz"] / 4.0)
+    return on, level, rate
+
+
 def set_aux_targets(split, insts, levels=False):
     """--aux: per clip, per second targets from its ground-truth record (<clip>.json beside the
     features): `heard` [T, I+1] the instruments sounding in second t (audible, level above
@@ -243,30 +262,17 @@ def set_aux_targets(split, insts, levels=False):
     token merging (ensure_positions), `tok` [T, N, I]: the share of each merged token's
     patches covered by each visible instrument's box. Training only: the targets come from
     the synthesiser's ground truth, which a deployed clip does not have. With `levels`
-    (--aux-levels), also `level` and `rate` [T, I]: each sounding instrument's level in that
-    second ((dB + 40) / 20) and its onset rate (per second / 4), 0 where it is silent."""
+    (--aux-levels), also `level` and `rate` [T, I] (sounding_levels)."""
     ix = {n: i for i, n in enumerate(insts)}
     for c in split.clips:
         t_n = len(c["valid"])
         gt = ground_truth(split, c)
-        heard = np.zeros((t_n, len(insts) + 1), np.float32)
+        on, level, rate = sounding_levels(gt, ix, t_n)
+        heard = np.concatenate([on, np.zeros((t_n, 1), np.float32)], axis=1)
         seen = np.zeros((t_n, len(insts)), np.float32)
-        level = np.zeros((t_n, len(insts)), np.float32)  # (dB + 40) / 20 while it sounds
-        rate = np.zeros((t_n, len(insts)), np.float32)  # onsets per second / 4 while it sounds
         for o in gt["objects"]:
-            j = ix.get(o["instrument"])
-            if j is None:
-                continue
-            loud = np.full(t_n, -90.0, np.float32)
-            per_s = np.asarray(o.get("loudness_per_s_db", []), np.float32)[:t_n]
-            loud[:len(per_s)] = per_s
-            on = (loud > -60.0).astype(np.float32) if o["audible"] else np.zeros(t_n, np.float32)
-            heard[:, j] = np.maximum(heard[:, j], on)
-            here = on > 0
-            level[here, j] = np.maximum(level[here, j], (loud[here] + 40.0) / 20.0)
-            rate[here, j] = np.maximum(rate[here, j], o.get("onset_rate_hz", 0.0) / 4.0)  # silent: none
-            if o["visible"]:
-                seen[:, j] = 1.0
+            if o["instrument"] in ix and o["visible"]:
+                seen[:, ix[o["instrument"]]] = 1.0
         vo = gt.get("voiceover") or {}
         if vo.get("present"):
             heard[:, -1] = overlap_seconds(vo["spans"], t_n)
