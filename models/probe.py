@@ -278,8 +278,8 @@ def comparative_seq(args):
         clips, qs = {}, []
         for r in recs:
             if r["head_npz"] not in clips:
-                with open(r["head_npz"][:-len(".head.npz")] + ".json") as fh:
-                    clips[r["head_npz"]] = dict(audio=np.load(r["head_npz"])["audio"], gt=json.load(fh))
+                clips[r["head_npz"]] = dict(audio=np.load(r["head_npz"])["audio"],
+                                            gt=T.ground_truth_of(r["head_npz"]))
             m = COMP.match(r["question"]) if r["type"] == ["Audio", "Comparative"] else None
             if m:
                 qs.append((r["head_npz"], m.group(1), m.group(3), KINDS.index(m.group(2)), r["answer"] == "yes"))
@@ -288,7 +288,6 @@ def comparative_seq(args):
     data = {s: load(s) for s in ("train", "val", "test")}
     insts = sorted({o["instrument"] for c in data["train"][0].values() for o in c["gt"]["objects"]})
     n_i = len(insts)
-
     ix = {n: i for i, n in enumerate(insts)}
 
     def targets(c):
@@ -329,7 +328,7 @@ def comparative_seq(args):
         f = np.zeros((len(qs), 3 * 3 + 3), np.float32)
         y = np.zeros(len(qs), np.int64)
         for i, (key, a, b, k, yes) in enumerate(qs):
-            fa, fb = (per_clip[key][:, insts.index(n)] if n in insts else np.zeros(3, np.float32) for n in (a, b))
+            fa, fb = (per_clip[key][:, ix[n]] if n in ix else np.zeros(3, np.float32) for n in (a, b))
             f[i, 3 * k:3 * k + 3] = fa - fb
             f[i, 9 + k] = 1.0
             y[i] = yes
@@ -512,7 +511,6 @@ def scale(args):
 def head_states(model, split, emb):
     """The head's internals for every question of split: the fuse layer's input (the six
     pooled streams [Q, 6H]), the answer layer's input [Q, H] and the logits [Q, A]."""
-    import tspm  # noqa: F401  (the head's module, loaded by T)
     out = {"streams": [], "final": [], "logits": []}
     cap = {}
     hooks = [model.fuse.register_forward_hook(lambda m, i, o: cap.update(streams=i[0])),

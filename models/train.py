@@ -309,11 +309,15 @@ def clip_instruments(split):
     return sorted(names)
 
 
-def ground_truth(split, c):
-    """The synthesiser's record of clip c (<clip>.json beside its features)."""
-    npz = split.records[c["rec"][0]]["head_npz"]
-    with open(npz[:-len(".head.npz")] + ".json") as f:
+def ground_truth_of(head_npz):
+    """The synthesiser's record of a clip (<clip>.json beside its <clip>.head.npz)."""
+    with open(head_npz[:-len(".head.npz")] + ".json") as f:
         return json.load(f)
+
+
+def ground_truth(split, c):
+    """The synthesiser's record of clip c of split."""
+    return ground_truth_of(split.records[c["rec"][0]]["head_npz"])
 
 
 class AuxHeads(torch.nn.Module):
@@ -409,6 +413,17 @@ def fold_standardization(model, stats):
             mu, sd = (torch.from_numpy(v) for v in stats[key])
             lin.weight.div_(sd[None, :])
             lin.bias.sub_(lin.weight @ mu)
+
+
+def unfold_standardization(model, stats):
+    """The inverse of fold_standardization, for a saved head that goes on training on
+    standardized batches (--init): b' = b + W mean, W' = W * std."""
+    with torch.no_grad():
+        for key, layer in INPUTS:
+            lin = getattr(model, layer)
+            mu, sd = (torch.from_numpy(v) for v in stats[key])
+            lin.bias.add_(lin.weight @ mu)
+            lin.weight.mul_(sd[None, :])
 
 
 def set_template_weights(split, power):
@@ -795,13 +810,8 @@ def train(args):
 
     if args.init:  # an experiment: continue from a trained head (its standardization folded)
         load_compact(model, args.init)
-        if stats:  # unfold: the batches are standardized, so W' = W * std, b' = b + W mu
-            with torch.no_grad():
-                for key, layer in INPUTS:
-                    lin = getattr(model, layer)
-                    mu, sd = (torch.from_numpy(v) for v in stats[key])
-                    lin.bias.add_(lin.weight @ mu)
-                    lin.weight.mul_(sd[None, :])
+        if stats:  # the batches are standardized
+            unfold_standardization(model, stats)
         log(f"initial weights from {args.init}")
     teacher = None
     if args.distill:
